@@ -1,0 +1,84 @@
+"""The training configuration: defaults, a JSON file, then command-line flags, in that order."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mil_cyto.errors import MilCytoError
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved as the run's ``config.json``."""
+
+    data: str | None = None  # folder with manifest.csv; None = the built-in synthetic set
+    out: str | None = None  # run folder; None = runs/mil-<timestamp>
+    label_column: str | None = None  # histology (default) | cytology | label
+    cells: str | None = None  # cell annotations CSV for localization; default DATA/cells.csv
+    synthetic_images: int = 300
+    synthetic_seed: int = 0
+    encoder: str = "smallcnn"
+    encoder_kwargs: dict[str, Any] | None = None
+    weights: str | None = None  # local weights file for a timm encoder
+    weights_cache: str | None = None  # an existing Hugging Face cache folder
+    mode: str = "finetune"  # finetune | frozen
+    features: str | None = None  # bag store path for frozen mode; default RUN/features.h5
+    aggregator: str = "gated_abmil"
+    aggregator_kwargs: dict[str, Any] | None = None
+    tile_size: int = 64
+    stride: int = 64
+    min_tissue: float = 0.05
+    epochs: int = 10
+    batch_bags: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    class_weights: bool = True
+    instance_loss_weight: float = 1.0  # ordinal max-instance loss beside the bag loss
+    augment: bool = True
+    seed: int = 0
+    split_seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_cache_dir() -> Path:
+    """Where the built-in synthetic set is cached: ``$MIL_CYTO_CACHE`` or ~/.cache/mil_cyto."""
+    return Path(os.environ.get("MIL_CYTO_CACHE", Path.home() / ".cache" / "mil_cyto"))
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a JSON config (a run's ``config.json`` works); unknown keys are an error."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MilCytoError(f"config file {path} not found") from None
+    except json.JSONDecodeError as err:
+        raise MilCytoError(f"config file {path} is not valid JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise MilCytoError(f"config file {path} must hold a JSON object")
+    known = {f.name for f in fields(TrainConfig)}
+    payload = {k: v for k, v in payload.items() if k not in ("data_resolved", "mil_cyto_version")}
+    unknown = sorted(set(payload) - known)
+    if unknown:
+        raise MilCytoError(f"config file {path}: unknown keys {unknown}; known: {sorted(known)}")
+    return payload
+
+
+def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> TrainConfig:
+    """Defaults, overridden by the config file, overridden by flags given on the command line."""
+    merged = {**file_values, **{k: v for k, v in cli_values.items() if v is not None}}
+    config = TrainConfig(**merged)
+    if config.mode not in ("finetune", "frozen"):
+        raise MilCytoError(f"--mode {config.mode!r}: use finetune or frozen")
+    if config.epochs < 1 or config.batch_bags < 1:
+        raise MilCytoError("--epochs and --batch-bags must be >= 1")
+    return config

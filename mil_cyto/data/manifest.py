@@ -1,0 +1,123 @@
+"""Reading and validating ``manifest.csv``: one row per photo, image-level labels only."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mil_cyto.errors import MilCytoError
+from mil_cyto.labels import GRADES, grade_index, parse_grade, parse_hpv
+
+GRADE_COLUMNS: tuple[str, ...] = ("histology", "cytology", "label")
+"""Columns that hold a grade; the training target is one of them."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One photo: its absolute path, patient, target class index and every label source."""
+
+    image: Path
+    image_id: str
+    patient_id: str
+    label: int
+    sources: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def grade(self) -> str:
+        return GRADES[self.label]
+
+
+def default_label_column(columns: list[str]) -> str:
+    """``histology`` when present (the study's target), else ``label``, else ``cytology``."""
+    for name in GRADE_COLUMNS:
+        if name in columns:
+            return name
+    raise MilCytoError(
+        "manifest has no label column; add 'histology' (or 'label') with normal/CIN1/CIN2+"
+    )
+
+
+def read_manifest(
+    path: Path, *, label_column: str | None = None, check_images: bool = True
+) -> list[ManifestRow]:
+    """Read ``manifest.csv`` (columns ``image, patient_id`` and a grade column).
+
+    Image paths are relative to the manifest's folder. Empty grades count as ``normal``
+    (the reference study's rule for photos without histology).
+
+    Raises:
+        MilCytoError: naming the file, the line and the fix, for a missing file or column,
+            an empty image or patient cell, an unknown grade or HPV value, a duplicate image,
+            or (with ``check_images``) an image file that does not exist.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.csv"
+    if not path.is_file():
+        raise MilCytoError(f"manifest {path} not found; point --data at a folder with manifest.csv")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        reader.fieldnames = columns
+        for needed in ("image", "patient_id"):
+            if needed not in columns:
+                raise MilCytoError(
+                    f"{path}: missing column {needed!r} (found: {', '.join(columns) or 'none'}); "
+                    "the header must have image, patient_id and a label column"
+                )
+        target = label_column or default_label_column(columns)
+        if target not in columns:
+            raise MilCytoError(
+                f"{path}: label column {target!r} not found (found: {', '.join(columns)})"
+            )
+        rows: list[ManifestRow] = []
+        seen: dict[str, int] = {}
+        for line, record in enumerate(reader, start=2):
+            rows.append(_parse_row(path, line, record, target, columns, seen, check_images))
+    if not rows:
+        raise MilCytoError(f"{path}: no rows; add one row per photo")
+    return rows
+
+
+def _parse_row(
+    path: Path,
+    line: int,
+    record: dict[str, str | None],
+    target: str,
+    columns: list[str],
+    seen: dict[str, int],
+    check_images: bool,
+) -> ManifestRow:
+    where = f"{path} line {line}"
+    if None in record:  # more cells than header columns
+        raise MilCytoError(f"{where}: more cells than header columns; check quoting and commas")
+    image = (record.get("image") or "").strip()
+    patient = (record.get("patient_id") or "").strip()
+    if not image:
+        raise MilCytoError(f"{where}: empty 'image' cell; give the photo's path")
+    if not patient:
+        raise MilCytoError(f"{where}: empty 'patient_id' for {image!r}; splits need a patient")
+    if image in seen:
+        raise MilCytoError(f"{where}: image {image!r} already listed on line {seen[image]}")
+    seen[image] = line
+    sources: dict[str, str | None] = {}
+    for column in columns:
+        raw = record.get(column)
+        try:
+            if column in GRADE_COLUMNS:
+                sources[column] = parse_grade(raw)
+            elif column == "hpv":
+                sources[column] = parse_hpv(raw)
+        except ValueError as err:
+            raise MilCytoError(f"{where}: column {column!r}: {err}") from None
+    full = (path.parent / image).resolve()
+    if check_images and not full.is_file():
+        raise MilCytoError(f"{where}: image {image!r} not found at {full}; fix or remove the row")
+    return ManifestRow(
+        image=full,
+        image_id=image,
+        patient_id=patient,
+        label=grade_index(sources[target] or "normal"),
+        sources=sources,
+    )

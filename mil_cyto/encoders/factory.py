@@ -1,0 +1,118 @@
+"""One factory for every tile encoder: registered ones by name, else any timm model name.
+
+Weights never come from the network: either a local file (``weights=``, safetensors or a
+``weights_only`` torch checkpoint, loaded through timm's ``pretrained_cfg_overlay``) or a
+Hugging Face cache folder that already holds them (``cache_dir=``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from mil_cyto.encoders.base import TileEncoder
+from mil_cyto.encoders.small_cnn import SmallCNN
+from mil_cyto.errors import MilCytoError
+from mil_cyto.registry import Registry
+
+ENCODERS: Registry[TileEncoder] = Registry("encoder")
+
+_PLAIN_MEAN = (0.5, 0.5, 0.5)
+_PLAIN_STD = (0.25, 0.25, 0.25)
+
+
+@dataclass
+class EncoderSpec:
+    """Everything needed to rebuild an encoder (saved beside trained models)."""
+
+    name: str = "smallcnn"
+    weights: str | None = None
+    cache_dir: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@ENCODERS.register("smallcnn")
+def _small_cnn(width: int = 16, out_dim: int = 128, **_: Any) -> TileEncoder:
+    backbone = SmallCNN(width=width, out_dim=out_dim).to(memory_format=torch.channels_last)
+    return TileEncoder(backbone, out_dim, _PLAIN_MEAN, _PLAIN_STD)
+
+
+def list_encoders() -> list[str]:
+    """Registered encoder names; any ``timm.list_models()`` name works as well."""
+    return ENCODERS.names()
+
+
+def _cached_weight_file(name: str, cache_dir: Path) -> str:
+    """Find a timm model's weights in an existing Hugging Face cache, never downloading."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        raise MilCytoError(f"timm model {name!r} has no hub id to look up in {cache_dir}")
+    for filename in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, filename, cache_dir=str(cache_dir))
+        if isinstance(found, str):
+            return found
+    raise MilCytoError(
+        f"no cached weights for {name!r} ({hub_id}) under {cache_dir}; populate that cache "
+        "on a machine with network access, or pass --weights FILE"
+    )
+
+
+def _timm_encoder(
+    name: str, weights: str | None, cache_dir: str | None, **kwargs: Any
+) -> TileEncoder:
+    if not timm.is_model(name):
+        raise MilCytoError(
+            f"unknown encoder {name!r}: not registered ({', '.join(list_encoders())}) "
+            "and not a timm model name (see timm.list_models())"
+        )
+    weight_file = None
+    if weights:
+        weight_file = str(Path(weights).expanduser())
+        if not Path(weight_file).is_file():
+            raise MilCytoError(f"weights file {weight_file} not found; give a local file")
+    elif cache_dir:
+        weight_file = _cached_weight_file(name, Path(cache_dir).expanduser())
+    try:
+        model: nn.Module = timm.create_model(
+            name,
+            pretrained=weight_file is not None,
+            pretrained_cfg_overlay={"file": weight_file} if weight_file else None,
+            num_classes=0,
+            **kwargs,
+        )
+    except (RuntimeError, KeyError, ValueError, OSError) as err:
+        raise MilCytoError(
+            f"cannot load weights {weight_file} into timm model {name!r} "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
+            "check that the checkpoint belongs to this architecture"
+        ) from None
+    model = model.to(memory_format=torch.channels_last)
+    cfg = model.pretrained_cfg
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    return TileEncoder(model, model.num_features, mean, std)  # type: ignore[arg-type]
+
+
+def create_encoder(spec: EncoderSpec | str) -> TileEncoder:
+    """Build a tile encoder from a spec (or just a name, random init)."""
+    if isinstance(spec, str):
+        spec = EncoderSpec(name=spec)
+    if spec.name in ENCODERS:
+        if spec.weights or spec.cache_dir:
+            raise MilCytoError(
+                f"encoder {spec.name!r} trains from scratch; --weights/--weights-cache are for "
+                "timm backbones"
+            )
+        return ENCODERS.create(spec.name, **spec.kwargs)
+    return _timm_encoder(spec.name, spec.weights, spec.cache_dir, **spec.kwargs)

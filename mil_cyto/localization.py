@@ -1,0 +1,104 @@
+"""Localization from tile scores against cell boxes (never used in training).
+
+An annotations CSV has ``image, x0, y0, x1, y1, grade`` in the photo's pixels; cells whose
+grade is not ``normal`` are the atypical ones.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from mil_cyto.errors import MilCytoError
+from mil_cyto.labels import parse_grade
+
+MIN_COVER = 0.25
+"""A tile is a positive instance when it covers at least this share of an atypical cell's
+box; tiles that touch an atypical box with less are left out of the instance AUROC (they
+hold a sliver of cytoplasm, neither clearly positive nor negative)."""
+
+
+def read_cell_boxes(path: Path) -> dict[str, np.ndarray]:
+    """Atypical cell boxes per image id: ``{image: (M, 4) float x0, y0, x1, y1}``."""
+    path = Path(path)
+    boxes: dict[str, list[list[float]]] = defaultdict(list)
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"image", "x0", "y0", "x1", "y1", "grade"} - set(reader.fieldnames or [])
+        if missing:
+            raise MilCytoError(f"{path}: missing columns {sorted(missing)}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                grade = parse_grade(row["grade"])
+                box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
+            except ValueError as err:
+                raise MilCytoError(f"{path} line {line}: {err}") from None
+            if grade != "normal":
+                boxes[row["image"]].append(box)
+    return {k: np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in boxes.items()}
+
+
+def box_cover(tiles: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Share of each box's area inside each tile: ``(N_tiles, M_boxes)`` in [0, 1]."""
+    if len(boxes) == 0:
+        return np.zeros((len(tiles), 0))
+    t = tiles[:, None, :].astype(np.float64)
+    b = boxes[None, :, :]
+    w = np.clip(np.minimum(t[..., 2], b[..., 2]) - np.maximum(t[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(t[..., 3], b[..., 3]) - np.maximum(t[..., 1], b[..., 1]), 0, None)
+    area = np.maximum((b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]), 1e-9)
+    return w * h / area
+
+
+def tile_labels(tiles: np.ndarray, boxes: np.ndarray, min_cover: float = MIN_COVER) -> np.ndarray:
+    """Per tile: 1 = positive, 0 = negative, -1 = ignored (touches an atypical box thinly)."""
+    cover = box_cover(tiles, boxes)
+    if cover.shape[1] == 0:
+        return np.zeros(len(tiles), dtype=np.int8)
+    best = cover.max(axis=1)
+    labels = np.where(best >= min_cover, 1, np.where(best > 0, -1, 0))
+    return labels.astype(np.int8)
+
+
+def localization_metrics(
+    coords: Mapping[str, np.ndarray],
+    scores: Mapping[str, np.ndarray],
+    boxes: Mapping[str, np.ndarray],
+    abnormal_images: list[str],
+    min_cover: float = MIN_COVER,
+) -> dict[str, float | int | None]:
+    """Instance AUROC and pointing game over abnormal images that have atypical boxes.
+
+    ``scores`` must be comparable across photos (e.g. attention logits, or attention times
+    the bag size); each photo's ``coords`` are ``(N, 4)`` tile boxes.
+    """
+    pooled_scores, pooled_labels, hits, n_images = [], [], 0, 0
+    for image in abnormal_images:
+        atypical = boxes.get(image)
+        if atypical is None or len(atypical) == 0:
+            continue
+        n_images += 1
+        labels = tile_labels(coords[image], atypical, min_cover)
+        keep = labels >= 0
+        pooled_scores.append(scores[image][keep])
+        pooled_labels.append(labels[keep])
+        top = int(np.argmax(scores[image]))
+        hits += bool(box_cover(coords[image][top : top + 1], atypical).max() > 0)
+    if n_images == 0:
+        return {"instance_auroc": None, "pointing_game": None, "n_images": 0}
+    y = np.concatenate(pooled_labels)
+    s = np.concatenate(pooled_scores)
+    auroc = float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
+    return {
+        "instance_auroc": auroc,
+        "pointing_game": hits / n_images,
+        "n_images": n_images,
+        "n_positive_tiles": int(y.sum()),
+        "n_negative_tiles": int((y == 0).sum()),
+        "min_cover": min_cover,
+    }

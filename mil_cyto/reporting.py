@@ -1,0 +1,178 @@
+"""What a run folder holds besides the model: predictions, attention, plots, report."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from mil_cyto.data.manifest import ManifestRow  # noqa: E402
+from mil_cyto.io import atomic_path  # noqa: E402
+from mil_cyto.labels import GRADES  # noqa: E402
+from mil_cyto.metrics import format_table  # noqa: E402
+from mil_cyto.reference import REFERENCE_ROWS  # noqa: E402
+from mil_cyto.training import Predictions  # noqa: E402
+
+
+def write_predictions(path: Path, rows: Sequence[ManifestRow], pred: Predictions) -> None:
+    """``predictions.csv``: image, patient_id, label, pred, p_normal, p_CIN1, p_CIN2+."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "patient_id", "label", "pred"] + [f"p_{g}" for g in GRADES])
+        for row, p in zip(rows, pred.probs, strict=True):
+            writer.writerow(
+                [row.image_id, row.patient_id, GRADES[row.label], GRADES[int(p.argmax())]]
+                + [f"{v:.6f}" for v in p]
+            )
+
+
+def write_attention(
+    path: Path, pred: Predictions, coords: Mapping[str, np.ndarray], sizes: Mapping[str, Any]
+) -> None:
+    """``attention.h5``: ``/<n>`` groups with ``coords`` (N, 4) x0, y0, x1, y1, ``attention``
+    (N,) softmax weights summing to 1, ``scores`` (N,) attention logits; attrs image, size."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+        handle.attrs["classes"] = list(GRADES)
+        handle.attrs["coords_format"] = "x0, y0, x1, y1 in photo pixels"
+        for i, image_id in enumerate(pred.image_ids):
+            group = handle.create_group(f"{i:05d}")
+            group.attrs["image"] = image_id
+            group.attrs["size_hw"] = tuple(int(v) for v in sizes[image_id])
+            group.attrs["label"] = GRADES[int(pred.labels[i])]
+            group.attrs["pred"] = GRADES[int(pred.preds[i])]
+            group.create_dataset("coords", data=np.asarray(coords[image_id], dtype=np.int32))
+            group.create_dataset("attention", data=pred.attention[i].astype(np.float32))
+            group.create_dataset("scores", data=pred.scores[i].astype(np.float32))
+
+
+def plot_confusion(path: Path, matrix: list[list[int]]) -> None:
+    """Confusion matrix PNG: rows truth, columns prediction, counts and row shares."""
+    cm = np.asarray(matrix)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            colour = "white" if share[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", color=colour)
+    ax.set_xticks(range(len(GRADES)), GRADES)
+    ax.set_yticks(range(len(GRADES)), GRADES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (histology)")
+    ax.set_title("test photos")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def attention_heatmap(
+    size_hw: tuple[int, int], coords: np.ndarray, scores: np.ndarray
+) -> np.ndarray:
+    """Tile scores painted into a ``(H, W)`` map, rank-normalised to [0, 1] (mean where
+    tiles overlap, NaN where no tile lies) so a few hot spots stay readable."""
+    ranks = np.argsort(np.argsort(scores)) / max(len(scores) - 1, 1)
+    total = np.zeros(size_hw)
+    count = np.zeros(size_hw)
+    for (x0, y0, x1, y1), r in zip(coords, ranks, strict=True):
+        total[y0:y1, x0:x1] += r
+        count[y0:y1, x0:x1] += 1
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def plot_attention_examples(
+    path: Path,
+    photos: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+) -> None:
+    """Side-by-side photo and attention overlay for a few test photos.
+
+    Each item: (title, photo (H, W, 3) uint8, tile coords (N, 4), tile scores (N,),
+    atypical boxes (M, 4)). The top-5 tiles are outlined in yellow, annotated atypical cells
+    (never used in training) in cyan.
+    """
+    n = len(photos)
+    fig, axes = plt.subplots(n, 2, figsize=(9, 3.5 * n), dpi=100, squeeze=False)
+    for (title, photo, coords, scores, boxes), (left, right) in zip(photos, axes, strict=True):
+        left.imshow(photo)
+        left.set_title(title, fontsize=9)
+        right.imshow(photo)
+        right.imshow(
+            attention_heatmap(photo.shape[:2], coords, scores),
+            cmap="inferno",
+            alpha=0.55,
+            vmin=0,
+            vmax=1,
+        )
+        right.set_title("attention (rank), top-5 tiles yellow, atypical cells cyan", fontsize=8)
+        for x0, y0, x1, y1 in coords[np.argsort(scores)[::-1][:5]]:
+            right.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.2))
+        for x0, y0, x1, y1 in boxes:
+            for ax in (left, right):
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=1))
+        for ax in (left, right):
+            ax.set_axis_off()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render_report(metrics: dict[str, Any], config: dict[str, Any]) -> str:
+    """``report.md``: the headline table beside the reference rows, localization, timing."""
+    lines = [
+        "# mil-cyto run report",
+        "",
+        f"Data: `{config.get('data_resolved')}`; encoder `{config['encoder']}` "
+        f"({config['mode']}); aggregator `{config['aggregator']}`; tiles "
+        f"{config['tile_size']} px, stride {config['stride']}; seed {config['seed']}.",
+        f"Test photos: {metrics['n_test']} (patient-disjoint from train and validation; model "
+        f"chosen on validation, epoch {metrics['training']['best_epoch']}).",
+        "",
+        "## Classification (one-vs-rest, as in the reference study's Table 4)",
+        "",
+        format_table(metrics),
+        "",
+        "Reference rows (whole-image CNNs at 512x512 on the study's own data, not this data):",
+        "",
+        "| model | acc | mean sens | mean spec |",
+        "|---|---|---|---|",
+    ]
+    for name, row in REFERENCE_ROWS.items():
+        lines.append(
+            f"| {name} | {_fmt(row.get('accuracy'))} | {_fmt(row['macro_sensitivity'])} | "
+            f"{_fmt(row['macro_specificity'])} |"
+        )
+    lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
+    loc = metrics.get("localization")
+    if loc:
+        lines += [
+            "## Localization from attention (no pixel labels in training)",
+            "",
+            f"- instance AUROC: {_fmt(loc['instance_auroc'])} over {loc['n_images']} abnormal "
+            f"test photos ({loc['n_positive_tiles']} positive / {loc['n_negative_tiles']} "
+            f"negative tiles; a tile is positive when it covers >= {loc['min_cover']:.0%} of "
+            "an atypical cell's box, thinner contacts are left out)",
+            f"- pointing game: {_fmt(loc['pointing_game'])} (top tile touches an atypical cell)",
+            "",
+            "![attention examples](attention_examples.png)",
+            "",
+        ]
+    timing = metrics.get("timing_s", {})
+    if timing:
+        lines += ["## Where the time went (seconds)", ""]
+        lines += [f"- {k}: {v:.1f}" for k, v in timing.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,320 @@
+"""``python -m mil_cyto.train``: photos -> bags -> attention-MIL -> a run folder.
+
+With no arguments it builds (or reuses) the built-in synthetic Pap-smear set, trains on
+CPU and evaluates on patient-disjoint test photos. See ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mil_cyto import __version__
+from mil_cyto.checkpoint import model_recipe, save_model
+from mil_cyto.config import TrainConfig, default_cache_dir, load_config_file, resolve_config
+from mil_cyto.data.bags import load_bags
+from mil_cyto.data.images import load_rgb
+from mil_cyto.data.manifest import ManifestRow, read_manifest
+from mil_cyto.data.splits import train_val_test_split
+from mil_cyto.data.tiling import TilingConfig
+from mil_cyto.encoders import EncoderSpec, create_encoder
+from mil_cyto.errors import MilCytoError
+from mil_cyto.features import BagStore, extract_to_store
+from mil_cyto.io import write_json, write_text
+from mil_cyto.labels import GRADES
+from mil_cyto.localization import localization_metrics, read_cell_boxes
+from mil_cyto.metrics import classification_metrics, format_table
+from mil_cyto.models import MILModel, create_aggregator
+from mil_cyto.reporting import (
+    plot_attention_examples,
+    plot_confusion,
+    render_report,
+    write_attention,
+    write_predictions,
+)
+from mil_cyto.training import FeatureBag, FitConfig, fit, predict, resolve_device, seed_everything
+
+
+def resolve_data(config: TrainConfig, progress: bool) -> Path:
+    """The data folder: ``config.data``, or the built-in synthetic set (built once, cached)."""
+    if config.data:
+        return Path(config.data).expanduser().resolve()
+    from mil_cyto.data.synthetic import SynthConfig, generate_dataset
+
+    synth = SynthConfig(n_images=config.synthetic_images, seed=config.synthetic_seed)
+    target = default_cache_dir() / f"synthetic-n{synth.n_images}-s{synth.seed}"
+    return generate_dataset(target, synth, workers=config.workers, progress=progress)
+
+
+def _run_dir(config: TrainConfig) -> Path:
+    out = Path(config.out or f"runs/mil-{datetime.now():%Y%m%d-%H%M%S}")
+    if (out / "metrics.json").exists():
+        raise MilCytoError(f"{out} already holds a finished run; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _feature_bags(
+    rows: list[ManifestRow],
+    encoder: Any,
+    config: TrainConfig,
+    run_dir: Path,
+    tiling: TilingConfig,
+    device: torch.device,
+    progress: bool,
+) -> list[FeatureBag]:
+    store_path = Path(config.features) if config.features else run_dir / "features.h5"
+    provenance = {
+        "encoder": config.encoder,
+        "encoder_kwargs": config.encoder_kwargs or {},
+        "weights": config.weights,
+        "weights_cache": config.weights_cache,
+        "mil_cyto_version": __version__,
+    }
+    extract_to_store(
+        rows,
+        encoder,
+        store_path,
+        tiling=tiling,
+        provenance=provenance,
+        device=device,
+        workers=config.workers,
+        progress=progress,
+    )
+    with BagStore(store_path) as store:
+        bags = []
+        for row in rows:
+            feats, coords = store[row.image_id]
+            bags.append(
+                FeatureBag(
+                    row.image_id, row.patient_id, row.label, feats, coords, store.size(row.image_id)
+                )
+            )
+    return bags
+
+
+def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Train, select on validation, evaluate on test and write the run folder.
+
+    Returns the run folder and its metrics.
+    """
+    timing: dict[str, float] = {}
+    clock = time.perf_counter()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    run_dir = _run_dir(config)
+
+    data_dir = resolve_data(config, progress)
+    timing["data (build or reuse)"] = time.perf_counter() - clock
+    rows = read_manifest(data_dir / "manifest.csv", label_column=config.label_column)
+    cells_path = Path(config.cells) if config.cells else data_dir / "cells.csv"
+    boxes = read_cell_boxes(cells_path) if cells_path.is_file() else None
+    split = train_val_test_split(
+        [r.label for r in rows], [r.patient_id for r in rows], seed=config.split_seed
+    )
+    resolved = {**config.to_dict(), "data_resolved": str(data_dir), "mil_cyto_version": __version__}
+    write_json(run_dir / "config.json", resolved)
+    write_json(
+        run_dir / "splits.json",
+        {
+            name: [rows[i].image_id for i in getattr(split, name)]
+            for name in ("train", "val", "test")
+        },
+    )
+
+    tiling = TilingConfig(config.tile_size, config.stride, config.min_tissue)
+    spec = EncoderSpec(
+        config.encoder, config.weights, config.weights_cache, config.encoder_kwargs or {}
+    )
+    encoder = create_encoder(spec)
+    aggregator = create_aggregator(
+        config.aggregator,
+        in_dim=encoder.out_dim,
+        n_classes=len(GRADES),
+        **(config.aggregator_kwargs or {}),
+    )
+    step = time.perf_counter()
+    if config.mode == "finetune":
+        bags: list[Any] = load_bags(rows, tiling, workers=config.workers, progress=progress)
+        model = MILModel(encoder, aggregator)
+        timing["tiling photos"] = time.perf_counter() - step
+    else:
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        bags = _feature_bags(rows, encoder, config, run_dir, tiling, device, progress)
+        model = MILModel(None, aggregator)
+        timing["feature extraction"] = time.perf_counter() - step
+
+    fit_config = FitConfig(
+        epochs=config.epochs,
+        batch_bags=config.batch_bags,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        class_weights=config.class_weights,
+        augment=config.augment,
+        seed=config.seed,
+        instance_loss_weight=config.instance_loss_weight,
+    )
+    train_bags = [bags[i] for i in split.train]
+    val_bags = [bags[i] for i in split.val]
+    result = fit(model, train_bags, val_bags, fit_config, device, progress=progress)
+    timing["training"] = result.seconds
+
+    step = time.perf_counter()
+    test_rows = [rows[i] for i in split.test]
+    test_bags = [bags[i] for i in split.test]
+    pred = predict(model, test_bags, device, progress=progress, desc="testing")
+    metrics = classification_metrics(pred.labels, pred.preds)
+    metrics["training"] = {"best_epoch": result.best_epoch, "history": result.history}
+    coords = {b.image_id: b.coords for b in test_bags}
+    if boxes is not None:
+        abnormal = [b.image_id for b in test_bags if b.label > 0]
+        bag_sizes = {i: len(s) for i, s in zip(pred.image_ids, pred.scores, strict=True)}
+        relative = {
+            i: a * bag_sizes[i] for i, a in zip(pred.image_ids, pred.attention, strict=True)
+        }
+        metrics["localization"] = localization_metrics(coords, relative, boxes, abnormal)
+        metrics["localization"]["score"] = "attention x bag size (1 = uniform)"
+    timing["testing"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    if model.encoder is None:
+        model = MILModel(encoder, aggregator)
+    recipe = model_recipe(
+        spec, config.aggregator, config.aggregator_kwargs or {}, encoder.out_dim, vars(tiling)
+    )
+    save_model(run_dir, model, recipe)
+    write_predictions(run_dir / "predictions.csv", test_rows, pred)
+    sizes = {r.image_id: tuple(bags[i].size) for r, i in zip(test_rows, split.test, strict=True)}
+    write_attention(run_dir / "attention.h5", pred, coords, sizes)
+    plot_confusion(run_dir / "confusion_matrix.png", metrics["confusion_matrix"])
+    examples = _example_photos(test_rows, pred, coords, boxes)
+    if examples:
+        plot_attention_examples(run_dir / "attention_examples.png", examples)
+    timing["writing outputs"] = time.perf_counter() - step
+    timing["total"] = time.perf_counter() - clock
+    metrics["timing_s"] = timing
+    write_text(run_dir / "report.md", render_report(metrics, resolved))
+    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    return run_dir, metrics
+
+
+def _example_photos(
+    rows: list[ManifestRow],
+    pred: Any,
+    coords: dict[str, np.ndarray],
+    boxes: dict[str, np.ndarray] | None,
+    per_class: int = 1,
+) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """One correctly and one wrongly called photo per abnormal grade, at most four in all."""
+    chosen: list[int] = []
+    for grade in range(1, len(GRADES)):
+        idx = [i for i, r in enumerate(rows) if r.label == grade]
+        right = [i for i in idx if pred.preds[i] == grade][:per_class]
+        wrong = [i for i in idx if pred.preds[i] != grade][:1]
+        chosen += right + wrong
+    items = []
+    for i in chosen[:4]:
+        row = rows[i]
+        title = (
+            f"{row.image_id}: true {GRADES[row.label]}, predicted "
+            f"{GRADES[int(pred.preds[i])]} (p={pred.probs[i].max():.2f})"
+        )
+        atypical = (boxes or {}).get(row.image_id, np.zeros((0, 4)))
+        items.append((title, load_rgb(row.image), coords[row.image_id], pred.scores[i], atypical))
+    return items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mil_cyto.train",
+        description="Train and evaluate an attention-MIL model on photos with image-level "
+        "grades (normal / CIN1 / CIN2+). No arguments: the built-in synthetic set.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = TrainConfig()
+    add = parser.add_argument
+    add("--config", type=Path, help="JSON config (e.g. a run's config.json); flags override it")
+    add("--data", help="folder with manifest.csv (default: built-in synthetic set)")
+    add("--out", help="run folder (default: runs/mil-<timestamp>)")
+    add("--label-column", help="grade column to learn: histology, cytology or label")
+    add("--cells", help="cell annotations CSV for localization (default: DATA/cells.csv)")
+    add("--synthetic-images", type=int, help=f"photos in the synthetic set ({d.synthetic_images})")
+    add("--encoder", help=f"registered encoder or any timm model name ({d.encoder})")
+    add("--weights", help="local weights file for a timm encoder (safetensors or .pth)")
+    add("--weights-cache", help="existing Hugging Face cache folder holding the weights")
+    add(
+        "--mode",
+        choices=["finetune", "frozen"],
+        help=f"train the encoder or cache features ({d.mode})",
+    )
+    add("--features", help="bag store path in frozen mode (default: RUN/features.h5)")
+    add("--aggregator", help=f"MIL head: abmil or gated_abmil ({d.aggregator})")
+    add("--tile-size", type=int, help=f"tile side in pixels ({d.tile_size})")
+    add("--stride", type=int, help=f"grid stride in pixels ({d.stride})")
+    add("--min-tissue", type=float, help=f"minimum tissue share of a kept tile ({d.min_tissue})")
+    add("--epochs", type=int, help=f"passes over the training photos ({d.epochs})")
+    add("--batch-bags", type=int, help=f"photos per optimisation step ({d.batch_bags})")
+    add("--lr", type=float, help=f"peak learning rate ({d.lr})")
+    add(
+        "--class-weights",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="weight the loss by inverse class frequency (default on)",
+    )
+    add(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random rotations, flips and stain gain (default on)",
+    )
+    add("--seed", type=int, help=f"training seed ({d.seed})")
+    add("--split-seed", type=int, help=f"seed of the patient split ({d.split_seed})")
+    add("--device", help=f"auto, cpu or cuda ({d.device})")
+    add("--workers", type=int, help=f"threads for decoding photos ({d.workers})")
+    add("--threads", type=int, help="torch CPU threads (0 = torch's default)")
+    add("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def summary(run_dir: Path, metrics: dict[str, Any]) -> str:
+    """The one-screen summary printed at the end of a run."""
+    lines = ["", f"run folder: {run_dir}", "", format_table(metrics), ""]
+    loc = metrics.get("localization")
+    if loc and loc.get("instance_auroc") is not None:
+        lines.append(
+            f"localization: instance AUROC {loc['instance_auroc']:.3f}, pointing game "
+            f"{loc['pointing_game']:.3f} ({loc['n_images']} abnormal test photos)"
+        )
+    timing = metrics["timing_s"]
+    lines.append("time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()))
+    lines.append(f"read first: {run_dir / 'report.md'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
+    try:
+        file_values = load_config_file(args.config) if args.config else {}
+        config = resolve_config(file_values, cli)
+        run_dir, metrics = run_training(config, progress=not args.quiet)
+    except MilCytoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary(run_dir, metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

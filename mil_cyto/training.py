@@ -1,0 +1,247 @@
+"""Training an attention-MIL model on bags, with model selection on the validation split.
+
+Two modes share one loop: ``finetune`` trains encoder and head together on uint8 tiles;
+``frozen`` trains the head alone on features cached in a bag store.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.utils.class_weight import compute_class_weight
+from tqdm.auto import tqdm
+
+from mil_cyto.labels import GRADES
+from mil_cyto.metrics import classification_metrics
+from mil_cyto.models.aggregators import MILOutput
+from mil_cyto.models.mil_model import MILModel, pad_bags
+
+
+@dataclass
+class FeatureBag:
+    """A photo's cached tile features ``(N, D)`` float32 with coords ``(N, 4)`` and the
+    photo's ``size`` ``(H, W)``."""
+
+    image_id: str
+    patient_id: str
+    label: int
+    features: np.ndarray
+    coords: np.ndarray
+    size: tuple[int, int]
+
+
+@dataclass
+class FitConfig:
+    """Optimisation settings (all epochs in passes over the training photos)."""
+
+    epochs: int = 10
+    batch_bags: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    class_weights: bool = True
+    augment: bool = True
+    seed: int = 0
+    instance_loss_weight: float = 1.0
+
+
+@dataclass
+class Predictions:
+    """Per photo: class probabilities ``(B, C)``; per tile: attention and its logits."""
+
+    image_ids: list[str]
+    labels: np.ndarray
+    probs: np.ndarray
+    attention: list[np.ndarray]
+    scores: list[np.ndarray]
+    loss: float
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _augment(tiles: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random right-angle rotation and flip of every tile of a batch, plus a small stain
+    (per-channel gain) jitter; ``(N, 3, T, T)`` uint8 -> float in [0, 1]."""
+    k = int(torch.randint(4, (1,), generator=generator))
+    x = torch.rot90(tiles, k, dims=(2, 3))
+    if torch.rand(1, generator=generator) < 0.5:
+        x = x.flip(3)
+    gain = 1.0 + 0.08 * (2 * torch.rand(1, 3, 1, 1, generator=generator) - 1)
+    return (x.float() / 255.0 * gain.to(x.device)).clamp_(0.0, 1.0)
+
+
+def _forward(
+    model: MILModel,
+    bags: Sequence[Any],
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    chunk: int = 0,
+) -> MILOutput:
+    if model.encoder is None:
+        feats = [torch.from_numpy(b.features).to(device) for b in bags]
+        padded, mask = pad_bags(feats)
+        return model(padded, mask)
+    tiles = [torch.from_numpy(b.tiles).to(device) for b in bags]
+    if generator is not None:
+        sizes = [len(t) for t in tiles]
+        tiles = list(_augment(torch.cat(tiles), generator).split(sizes))
+    return model.forward_tiles(tiles, chunk=chunk)
+
+
+@torch.inference_mode()
+def predict(
+    model: MILModel,
+    bags: Sequence[Any],
+    device: torch.device,
+    *,
+    chunk: int = 1024,
+    progress: bool = False,
+    desc: str = "predicting",
+) -> Predictions:
+    """Class probabilities and per-tile attention for every bag, one photo at a time."""
+    model.eval()
+    probs, attention, scores, losses = [], [], [], []
+    for bag in tqdm(bags, desc=desc, disable=not progress, unit="photo"):
+        out = _forward(model, [bag], device, chunk=chunk)
+        logits = out.logits.float()
+        losses.append(F.cross_entropy(logits, torch.tensor([bag.label], device=device)).item())
+        probs.append(torch.softmax(logits, dim=1)[0].cpu().numpy())
+        attention.append(out.attention[0].float().cpu().numpy())
+        scores.append(out.scores[0].float().cpu().numpy())
+    return Predictions(
+        image_ids=[b.image_id for b in bags],
+        labels=np.array([b.label for b in bags]),
+        probs=np.stack(probs),
+        attention=attention,
+        scores=scores,
+        loss=float(np.mean(losses)),
+    )
+
+
+def ordinal_instance_loss(out: MILOutput, target: torch.Tensor) -> torch.Tensor:
+    """Max-pooled ordinal MIL loss on per-tile logits "grade >= k".
+
+    A photo's grade is the highest grade among its cells, so for each k its most suspicious
+    tile must score ">= k" exactly when the photo's grade is >= k. The whole gradient goes to
+    that one tile per threshold, which teaches a from-scratch encoder what atypia looks like
+    long before uniform-at-first attention would.
+    """
+    logits = out.instance_logits
+    assert logits is not None
+    if out.mask is not None:
+        logits = logits.masked_fill(~out.mask[..., None], float("-inf"))
+    bag = logits.float().amax(dim=1)  # (B, K)
+    thresholds = torch.arange(1, bag.shape[1] + 1, device=bag.device)
+    return F.binary_cross_entropy_with_logits(bag, (target[:, None] >= thresholds).float())
+
+
+def _selection_key(metrics: dict[str, Any], loss: float) -> tuple[float, float]:
+    """Higher is better: macro sensitivity (balanced accuracy), then lower loss."""
+    return (metrics["macro_sensitivity"] or 0.0, -loss)
+
+
+def fit(
+    model: MILModel,
+    train_bags: Sequence[Any],
+    val_bags: Sequence[Any],
+    config: FitConfig,
+    device: torch.device,
+    *,
+    progress: bool = True,
+) -> FitResult:
+    """Train with AdamW and a cosine schedule; keep the weights of the best validation epoch.
+
+    Selection uses the validation split only (macro sensitivity, ties broken by loss); the
+    test split is never seen here. On return ``model`` holds the best epoch's weights.
+    """
+    start = time.perf_counter()
+    model.to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    labels = np.array([b.label for b in train_bags])
+    weight = None
+    if config.class_weights:
+        present = np.unique(labels)
+        w = np.ones(len(GRADES))
+        w[present] = compute_class_weight("balanced", classes=present, y=labels)
+        weight = torch.tensor(w, dtype=torch.float32, device=device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = int(np.ceil(len(train_bags) / config.batch_bags))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.lr,
+        total_steps=max(1, config.epochs * steps_per_epoch),
+        pct_start=0.15,
+    )
+    result = FitResult(best_epoch=-1)
+    best_key: tuple[float, float] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    epochs = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress)
+    for epoch in epochs:
+        model.train()
+        order = torch.randperm(len(train_bags), generator=generator).tolist()
+        total, seen = 0.0, 0
+        for i in range(0, len(order), config.batch_bags):
+            batch = [train_bags[j] for j in order[i : i + config.batch_bags]]
+            target = torch.tensor([b.label for b in batch], device=device)
+            out = _forward(model, batch, device, generator if config.augment else None)
+            loss = F.cross_entropy(out.logits.float(), target, weight=weight)
+            if out.instance_logits is not None and config.instance_loss_weight > 0:
+                loss = loss + config.instance_loss_weight * ordinal_instance_loss(out, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(batch)
+            seen += len(batch)
+        val = predict(model, val_bags, device)
+        val_metrics = classification_metrics(val.labels, val.preds)
+        key = _selection_key(val_metrics, val.loss)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": total / max(seen, 1),
+            "val_loss": val.loss,
+            "val_accuracy": val_metrics["accuracy"],
+            "val_macro_sensitivity": val_metrics["macro_sensitivity"],
+        }
+        result.history.append(row)
+        if best_key is None or key > best_key:
+            best_key, result.best_epoch = key, epoch + 1
+            best_state = copy.deepcopy(model.state_dict())
+        epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,267 @@
+"""End to end: photos -> run folder, through the command's own entry point."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mil_cyto.checkpoint import load_model
+from mil_cyto.data.synthetic import SynthConfig, generate_dataset
+from mil_cyto.labels import GRADES
+from mil_cyto.train import main
+
+FAST = ["--epochs", "1", "--quiet", "--tile-size", "48", "--stride", "48", "--threads", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 small synthetic photos from 10+ patients (enough for a 60/20/20 split)."""
+    out = tmp_path_factory.mktemp("synth") / "data"
+    config = SynthConfig(n_images=30, seed=3, width=256, height=192, images_per_patient=(2, 3))
+    return generate_dataset(out, config, workers=1, progress=False)
+
+
+def _copy_data(src: Path, dst: Path) -> Path:
+    """A writable copy of a data set (manifest, images, cells) to damage in a test."""
+    dst.mkdir()
+    (dst / "images").mkdir()
+    for p in (src / "images").iterdir():
+        (dst / "images" / p.name).write_bytes(p.read_bytes())
+    for name in ("manifest.csv", "cells.csv"):
+        (dst / name).write_text((src / name).read_text())
+    return dst
+
+
+def test_run_folder_contract(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["--data", str(tiny_data), "--out", str(run), *FAST]) == 0
+    for name in (
+        "config.json",
+        "metrics.json",
+        "predictions.csv",
+        "attention.h5",
+        "model.safetensors",
+        "model.json",
+        "report.md",
+        "confusion_matrix.png",
+        "splits.json",
+    ):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("accuracy", "macro_sensitivity", "macro_specificity", "per_class", "n_test"):
+        assert key in metrics
+    assert set(metrics["per_class"]) == set(GRADES)
+    assert {"sensitivity", "specificity"} <= set(metrics["per_class"]["CIN2+"])
+    assert {"instance_auroc", "pointing_game"} <= set(metrics["localization"])
+    with (run / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == [
+        "image",
+        "patient_id",
+        "label",
+        "pred",
+        "p_normal",
+        "p_CIN1",
+        "p_CIN2+",
+    ]
+    assert len(rows) == metrics["n_test"]
+    probs = np.array([[float(r[f"p_{g}"]) for g in GRADES] for r in rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    splits = json.loads((run / "splits.json").read_text())
+    test_patients = {r["patient_id"] for r in rows}
+    manifest = {
+        r["image"]: r["patient_id"] for r in csv.DictReader((tiny_data / "manifest.csv").open())
+    }
+    train_patients = {manifest[i] for i in splits["train"] + splits["val"]}
+    assert not test_patients & train_patients
+    with h5py.File(run / "attention.h5") as handle:
+        assert len(handle) == len(rows)
+        group = handle[next(iter(handle))]
+        coords, attention = group["coords"][()], group["attention"][()]
+        assert coords.shape == (len(attention), 4)
+        assert abs(attention.sum() - 1) < 1e-4
+        assert (coords[:, 2] - coords[:, 0] == 48).all()
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 1 and config["tile_size"] == 48
+    # the saved model rebuilds and gives the saved predictions
+    model, recipe = load_model(run)
+    assert recipe["tiling"]["tile_size"] == 48
+    from mil_cyto.data.bags import load_bag
+    from mil_cyto.data.manifest import read_manifest
+    from mil_cyto.data.tiling import TilingConfig
+
+    row = next(r for r in read_manifest(tiny_data) if r.image_id == rows[0]["image"])
+    bag = load_bag(row, TilingConfig(**recipe["tiling"]))
+    with torch.inference_mode():
+        out = model.forward_tiles([torch.from_numpy(bag.tiles)])
+    p = torch.softmax(out.logits, dim=1)[0].numpy()
+    np.testing.assert_allclose(p, probs[0], atol=1e-4)
+
+
+def test_config_file_and_refusal_to_overwrite(tiny_data: Path, tmp_path: Path) -> None:
+    config = tmp_path / "cfg.json"
+    config.write_text(
+        json.dumps(
+            {
+                "data": str(tiny_data),
+                "epochs": 1,
+                "aggregator": "abmil",
+                "tile_size": 48,
+                "stride": 48,
+            }
+        )
+    )
+    run = tmp_path / "run"
+    assert main(["--config", str(config), "--out", str(run), "--quiet"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["aggregator"] == "abmil" and saved["data"] == str(tiny_data)
+    # the saved config.json repeats the run
+    assert (
+        main(["--config", str(run / "config.json"), "--out", str(tmp_path / "again"), "--quiet"])
+        == 0
+    )
+    a = json.loads((run / "metrics.json").read_text())
+    b = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert a["accuracy"] == b["accuracy"]
+    assert main(["--config", str(config), "--out", str(run), "--quiet"]) == 2
+
+
+def test_same_seed_same_result(tiny_data: Path, tmp_path: Path) -> None:
+    outs = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        assert main(["--data", str(tiny_data), "--out", str(run), *FAST]) == 0
+        outs.append((run / "predictions.csv").read_text())
+    assert outs[0] == outs[1]
+
+
+def test_frozen_mode_with_timm_encoder_and_local_weights(tiny_data: Path, tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "resnet18.safetensors"
+    reference = timm.create_model("resnet18", num_classes=0)
+    save_file(reference.state_dict(), str(weights))
+    run = tmp_path / "run"
+    args = [
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(run),
+        "--encoder",
+        "resnet18",
+        "--weights",
+        str(weights),
+        "--mode",
+        "frozen",
+        *FAST,
+    ]
+    assert main(args) == 0
+    with h5py.File(run / "features.h5") as handle:
+        provenance = json.loads(handle.attrs["provenance"])
+        assert provenance["encoder"] == "resnet18" and provenance["weights"] == str(weights)
+        first = handle["bags"][next(iter(handle["bags"]))]
+        assert first["features"].shape[1] == 512
+    model, _ = load_model(run)
+    loaded = model.encoder.backbone.state_dict()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(loaded[key], value), key
+
+
+def _run_cli(args: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    return subprocess.run(
+        [sys.executable, "-m", "mil_cyto.train", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("unknown_label", "CIN4"),
+        ("missing_column", "patient_id"),
+        ("missing_image", "not found"),
+        ("corrupt_image", "cannot read image"),
+        ("tiny_image", "smaller than one"),
+        ("empty_bag", "empty bag"),
+    ],
+)
+def test_bad_input_one_clear_message(
+    tiny_data: Path, tmp_path: Path, damage: str, expected: str
+) -> None:
+    data = _copy_data(tiny_data, tmp_path / "data")
+    manifest = data / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    first_image = data / lines[1].split(",")[0]
+    if damage == "unknown_label":
+        lines[3] = lines[3].replace(lines[3].split(",")[2], "CIN4", 1)
+    elif damage == "missing_column":
+        lines = [line.split(",", 2)[0] + "," + line.split(",", 2)[2] for line in lines]
+    elif damage == "missing_image":
+        first_image.unlink()
+    elif damage == "corrupt_image":
+        first_image.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    elif damage == "tiny_image":
+        Image.new("RGB", (20, 20), (120, 60, 140)).save(first_image)
+    elif damage == "empty_bag":
+        Image.new("RGB", (256, 192), (250, 250, 250)).save(first_image)
+    manifest.write_text("\n".join(lines) + "\n")
+    result = _run_cli(["--data", str(data), "--out", str(tmp_path / "run"), *FAST])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    message = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(message) == 1 and expected in message[0], result.stderr[-2000:]
+    if damage == "unknown_label":
+        assert "manifest.csv line 4" in message[0]
+    elif damage != "missing_column":
+        assert first_image.name in message[0]
+
+
+def test_grayscale_and_rgba_photos_are_converted(tiny_data: Path, tmp_path: Path) -> None:
+    data = _copy_data(tiny_data, tmp_path / "data")
+    images = sorted((data / "images").iterdir())
+    Image.open(images[0]).convert("L").save(images[0])
+    Image.open(images[1]).convert("RGBA").save(images[1])
+    assert main(["--data", str(data), "--out", str(tmp_path / "run"), *FAST]) == 0
+
+
+def test_help_lists_the_options() -> None:
+    result = _run_cli(["--help"])
+    assert result.returncode == 0
+    for flag in ("--data", "--out", "--encoder", "--aggregator", "--epochs", "--seed", "--config"):
+        assert flag in result.stdout
+
+
+@pytest.mark.slow
+def test_default_command_meets_the_targets(tmp_path: Path) -> None:
+    """The embedded default (built-in synthetic set, CPU) against the issue's targets."""
+    env = {**os.environ, "MIL_CYTO_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "mil_cyto.train", "--out", str(run), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.90
+    assert metrics["macro_sensitivity"] >= 0.87
+    assert metrics["macro_specificity"] >= 0.94
+    assert metrics["localization"]["instance_auroc"] >= 0.90
+    assert metrics["localization"]["pointing_game"] >= 0.80
