@@ -81,7 +81,13 @@ def load_model(run_dir: Path) -> tuple[MILModel, dict[str, Any]]:
         ) from None
     if recipe.get("format") != FORMAT:
         raise MilCytoError(f"{recipe_path}: format {recipe.get('format')!r}, expected {FORMAT!r}")
-    model = build_model(recipe)
+    try:
+        model = build_model(recipe)
+    except (KeyError, TypeError) as err:
+        raise MilCytoError(
+            f"{recipe_path} lacks {err} or holds a wrong value; use the model.json saved with "
+            "these weights"
+        ) from None
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:

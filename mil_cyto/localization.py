@@ -26,18 +26,21 @@ hold a sliver of cytoplasm, neither clearly positive nor negative)."""
 def read_cell_boxes(path: Path) -> dict[str, np.ndarray]:
     """Atypical cell boxes per image id: ``{image: (M, 4) float x0, y0, x1, y1}``."""
     path = Path(path)
+    if not path.is_file():
+        raise MilCytoError(f"cell annotations {path} not found; fix --cells or leave it out")
     boxes: dict[str, list[list[float]]] = defaultdict(list)
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = {"image", "x0", "y0", "x1", "y1", "grade"} - set(reader.fieldnames or [])
         if missing:
             raise MilCytoError(f"{path}: missing columns {sorted(missing)}")
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num
             try:
                 grade = parse_grade(row["grade"])
                 box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
-            except ValueError as err:
-                raise MilCytoError(f"{path} line {line}: {err}") from None
+            except (ValueError, TypeError) as err:
+                raise MilCytoError(f"{path} line {line}: {err or 'missing cells'}") from None
             if grade != "normal":
                 boxes[row["image"]].append(box)
     return {k: np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in boxes.items()}

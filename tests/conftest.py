@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import configuration as hypothesis_configuration
 from PIL import Image
+
+# Hypothesis keeps caches (charmaps, examples) in ./.hypothesis by default; keep the checkout
+# clean by pointing it at the system temp folder instead.
+hypothesis_configuration.set_hypothesis_home_dir(
+    Path(tempfile.gettempdir()) / "mil-cyto-hypothesis"
+)
 
 
 def make_blob_photo(

@@ -126,11 +126,6 @@ def test_foreign_format(saved: tuple[Path, MILModel]) -> None:
         load_model(run)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: checkpoint.py build_model indexes recipe['encoder'] etc. unguarded; a "
-    "model.json with the right format but a missing section raises KeyError, not MilCytoError",
-)
 def test_recipe_missing_a_section(saved: tuple[Path, MILModel]) -> None:
     run, _ = saved
     recipe = json.loads((run / "model.json").read_text())

@@ -123,12 +123,6 @@ def test_timm_encoder_runs_on_uint8_tiles(tmp_path: Path) -> None:
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: encoders/factory.py sets out_dim = model.num_features (288 for "
-    "mobilenetv3_small_050) but with num_classes=0 the model returns head_hidden_size "
-    "(1024) features, so aggregators built with in_dim=encoder.out_dim break",
-)
 def test_timm_out_dim_matches_the_features() -> None:
     encoder = create_encoder(TIMM_NAME).eval()
     with torch.no_grad():
@@ -155,12 +149,6 @@ def test_checkpoint_of_another_architecture(tmp_path: Path, suffix: str) -> None
         create_encoder(EncoderSpec(TIMM_NAME, weights=str(path)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: encoders/factory.py relies on timm.create_model(pretrained=True, "
-    "num_classes=0), which loads with strict=False; a checkpoint sharing no key names with "
-    "the model (here a ViT's) loads nothing and the encoder silently stays random",
-)
 def test_checkpoint_with_no_matching_keys(tmp_path: Path) -> None:
     path = _save(_random_state("test_vit", seed=4), tmp_path / "vit.safetensors")
     with pytest.raises(MilCytoError):
@@ -186,12 +174,6 @@ def test_pickle_weights_do_not_execute(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: encoders/factory.py catches only RuntimeError/KeyError/ValueError/OSError "
-    "around timm.create_model; a corrupt .safetensors file raises SafetensorError, which "
-    "escapes as a raw traceback",
-)
 def test_corrupt_safetensors_weights_are_a_milcyto_error(tmp_path: Path) -> None:
     path = tmp_path / "garbage.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all" + bytes(64))

@@ -184,11 +184,6 @@ def test_read_cell_boxes_missing_column(tmp_path: Path) -> None:
         read_cell_boxes(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: localization.py read_cell_boxes catches only ValueError; a row with too few "
-    "cells gives float(None) -> TypeError instead of a MilCytoError naming the line",
-)
 def test_read_cell_boxes_short_row(tmp_path: Path) -> None:
     path = tmp_path / "cells.csv"
     path.write_text("image,x0,y0,x1,y1,grade\na.png,1,2\n", encoding="utf-8")
@@ -196,11 +191,6 @@ def test_read_cell_boxes_short_row(tmp_path: Path) -> None:
         read_cell_boxes(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: localization.py read_cell_boxes opens the file unguarded; a missing cells.csv "
-    "raises FileNotFoundError instead of MilCytoError",
-)
 def test_read_cell_boxes_missing_file(tmp_path: Path) -> None:
     with pytest.raises(MilCytoError, match="cells.csv"):
         read_cell_boxes(tmp_path / "cells.csv")

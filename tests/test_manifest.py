@@ -183,22 +183,12 @@ def test_header_only_manifest(tmp_path: Path) -> None:
     assert str(path) in _error(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: manifest.py counts lines with enumerate(reader, start=2); csv.DictReader "
-    "skips blank lines, so every error after a blank line names the wrong line",
-)
 def test_line_number_after_blank_line(tmp_path: Path) -> None:
     text = "image,patient_id,histology\na.png,p1,CIN1\n\nb.png,p2,CIN7\n"
     path = _manifest(tmp_path, text, ("a.png", "b.png"))
     assert f"{path} line 4" in _error(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: manifest.py accepts a non-grade label_column (e.g. 'hpv'); the row parser "
-    "then calls grade_index('positive') and a bare ValueError escapes",
-)
 def test_non_grade_label_column_is_refused(tmp_path: Path) -> None:
     text = "image,patient_id,histology,hpv\na.png,p1,CIN1,positive\n"
     path = _manifest(tmp_path, text, ("a.png",))

@@ -102,11 +102,6 @@ def test_too_few_patients(n_patients: int) -> None:
         train_val_test_split(labels, patients)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: splits.py only checks the patient count; when every class has fewer rows "
-    "than parts (e.g. 9 single-photo patients, k=5) sklearn's bare ValueError escapes",
-)
 @pytest.mark.parametrize("n_patients", [5, 9])
 def test_too_few_members_per_class_is_a_milcyto_error(n_patients: int) -> None:
     labels = [i % 3 for i in range(n_patients)]

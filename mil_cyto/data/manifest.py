@@ -67,14 +67,21 @@ def read_manifest(
                     "the header must have image, patient_id and a label column"
                 )
         target = label_column or default_label_column(columns)
+        if target not in GRADE_COLUMNS:
+            raise MilCytoError(
+                f"{path}: label column {target!r} does not hold grades; "
+                f"use one of {', '.join(GRADE_COLUMNS)}"
+            )
         if target not in columns:
             raise MilCytoError(
                 f"{path}: label column {target!r} not found (found: {', '.join(columns)})"
             )
         rows: list[ManifestRow] = []
         seen: dict[str, int] = {}
-        for line, record in enumerate(reader, start=2):
-            rows.append(_parse_row(path, line, record, target, columns, seen, check_images))
+        for record in reader:  # line_num counts physical lines, blank ones included
+            rows.append(
+                _parse_row(path, reader.line_num, record, target, columns, seen, check_images)
+            )
     if not rows:
         raise MilCytoError(f"{path}: no rows; add one row per photo")
     return rows

@@ -34,7 +34,13 @@ def _stratified_group_parts(
             "or use fewer folds"
         )
     splitter = StratifiedGroupKFold(n_splits=n_parts, shuffle=True, random_state=seed)
-    return [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
+    try:
+        return [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
+    except ValueError as err:
+        raise MilCytoError(
+            f"cannot cut {n_groups} patients into {n_parts} patient-disjoint parts ({err}); "
+            "add patients or use fewer folds"
+        ) from None
 
 
 def patient_folds(

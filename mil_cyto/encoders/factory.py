@@ -40,8 +40,10 @@ class EncoderSpec:
 
 
 @ENCODERS.register("smallcnn")
-def _small_cnn(width: int = 16, out_dim: int = 128, **_: Any) -> TileEncoder:
-    backbone = SmallCNN(width=width, out_dim=out_dim).to(memory_format=torch.channels_last)
+def _small_cnn(width: int = 16, out_dim: int = 128, stem_pool: int = 2) -> TileEncoder:
+    backbone = SmallCNN(width=width, out_dim=out_dim, stem_pool=stem_pool).to(
+        memory_format=torch.channels_last
+    )
     return TileEncoder(backbone, out_dim, _PLAIN_MEAN, _PLAIN_STD)
 
 
@@ -68,6 +70,39 @@ def _cached_weight_file(name: str, cache_dir: Path) -> str:
     )
 
 
+def _load_backbone_weights(model: nn.Module, name: str, weight_file: str) -> None:
+    """Load a local checkpoint (safetensors, or a torch file read with ``weights_only``) into
+    a headless timm model; classifier weights are dropped, every other key must fit."""
+    from safetensors import SafetensorError
+
+    try:
+        state = timm.models.load_state_dict(weight_file)  # weights_only=True for torch files
+    except (RuntimeError, OSError, ValueError, KeyError, SafetensorError) as err:
+        raise MilCytoError(
+            f"cannot read weights {weight_file} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}); give a safetensors or state-dict file"
+        ) from None
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not _is_classifier_key(model, k)}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (missing or unexpected or wrong)[:3]
+        raise MilCytoError(
+            f"weights {weight_file} do not fit timm model {name!r} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(wrong)} mis-shaped keys, e.g. {detail}); "
+            "check that the checkpoint belongs to this architecture"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _is_classifier_key(model: nn.Module, key: str) -> bool:
+    classifier = model.pretrained_cfg.get("classifier", "fc")
+    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    return any(key.startswith(f"{n}.") for n in names)
+
+
 def _timm_encoder(
     name: str, weights: str | None, cache_dir: str | None, **kwargs: Any
 ) -> TileEncoder:
@@ -83,25 +118,16 @@ def _timm_encoder(
             raise MilCytoError(f"weights file {weight_file} not found; give a local file")
     elif cache_dir:
         weight_file = _cached_weight_file(name, Path(cache_dir).expanduser())
-    try:
-        model: nn.Module = timm.create_model(
-            name,
-            pretrained=weight_file is not None,
-            pretrained_cfg_overlay={"file": weight_file} if weight_file else None,
-            num_classes=0,
-            **kwargs,
-        )
-    except (RuntimeError, KeyError, ValueError, OSError) as err:
-        raise MilCytoError(
-            f"cannot load weights {weight_file} into timm model {name!r} "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
-            "check that the checkpoint belongs to this architecture"
-        ) from None
+    model: nn.Module = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    if weight_file is not None:
+        _load_backbone_weights(model, name, weight_file)
     model = model.to(memory_format=torch.channels_last)
     cfg = model.pretrained_cfg
     mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-    return TileEncoder(model, model.num_features, mean, std)  # type: ignore[arg-type]
+    # timm's num_features is the pre-head width; MobileNetV3-style heads add a wider layer
+    out_dim = getattr(model, "head_hidden_size", None) or model.num_features
+    return TileEncoder(model, int(out_dim), mean, std)  # type: ignore[arg-type]
 
 
 def create_encoder(spec: EncoderSpec | str) -> TileEncoder:

@@ -15,17 +15,20 @@ def _conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """Four 3x3 conv blocks (three stride-2) then global average + max pooling.
+    """An optional average-pooling stem, four 3x3 conv blocks (three stride-2), then global
+    average + max pooling.
 
     Input ``(N, 3, T, T)`` normalised floats; output ``(N, out_dim)``. Max pooling keeps a
     single small dark nucleus visible in the tile's feature, average pooling the context.
-    About 3 M multiply-adds per 64-px tile at the default width.
+    ``stem_pool=2`` halves the resolution first (a CIN2+ nucleus of ~20 px at 0.7 um/px stays
+    ~10 px) for about 3x the training throughput on CPU.
     """
 
-    def __init__(self, width: int = 16, out_dim: int = 128) -> None:
+    def __init__(self, width: int = 16, out_dim: int = 128, stem_pool: int = 2) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
+            nn.AvgPool2d(stem_pool) if stem_pool > 1 else nn.Identity(),
             _conv_block(3, w, 2),
             _conv_block(w, 2 * w, 2),
             _conv_block(2 * w, 2 * w, 2),

@@ -34,6 +34,27 @@ class MILOutput:
 AGGREGATORS: Registry[nn.Module] = Registry("aggregator")
 
 
+def standardise_within_bag(
+    x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """Each feature minus its mean over the bag's real tiles, over their std: ``(B, N, D)``.
+
+    A photo's stain, focus and illumination shift every tile alike; atypical cells are the
+    outliers within their photo. Standardising within the bag hides the first (a shortcut
+    that memorises patients) and keeps the second.
+    """
+    if mask is None:
+        mean = x.mean(dim=1, keepdim=True)
+        var = x.var(dim=1, keepdim=True, unbiased=False)
+    else:
+        m = mask[..., None].to(x.dtype)
+        n = m.sum(dim=1, keepdim=True).clamp_min(1.0)
+        mean = (x * m).sum(dim=1, keepdim=True) / n
+        var = (((x - mean) * m) ** 2).sum(dim=1, keepdim=True) / n
+    out = (x - mean) / torch.sqrt(var + eps)
+    return out if mask is None else out * mask[..., None].to(x.dtype)
+
+
 class AttentionMIL(nn.Module):
     """ABMIL: ``a_i = softmax_i(w^T tanh(V h_i) [* sigmoid(U h_i)])``, ``z = sum_i a_i h_i``.
 
@@ -57,8 +78,10 @@ class AttentionMIL(nn.Module):
         gated: bool = False,
         dropout: float = 0.1,
         instance_head: bool = True,
+        bag_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.bag_norm = bag_norm
         self.project = nn.Sequential(
             nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout)
         )
@@ -69,6 +92,8 @@ class AttentionMIL(nn.Module):
         self.instance_head = nn.Linear(hidden_dim, n_classes - 1) if instance_head else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
+        if self.bag_norm:
+            x = standardise_within_bag(x, mask)
         h = self.project(x)  # (B, N, H)
         gate = torch.tanh(self.attention_v(h))
         if self.attention_u is not None:
