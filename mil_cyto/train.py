@@ -137,11 +137,9 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         config.encoder, config.weights, config.weights_cache, config.encoder_kwargs or {}
     )
     encoder = create_encoder(spec)
+    aggregator_kwargs = {"bag_norm": config.bag_norm, **(config.aggregator_kwargs or {})}
     aggregator = create_aggregator(
-        config.aggregator,
-        in_dim=encoder.out_dim,
-        n_classes=len(GRADES),
-        **(config.aggregator_kwargs or {}),
+        config.aggregator, in_dim=encoder.out_dim, n_classes=len(GRADES), **aggregator_kwargs
     )
     step = time.perf_counter()
     if config.mode == "finetune":
@@ -190,9 +188,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     step = time.perf_counter()
     if model.encoder is None:
         model = MILModel(encoder, aggregator)
-    recipe = model_recipe(
-        spec, config.aggregator, config.aggregator_kwargs or {}, encoder.out_dim, vars(tiling)
-    )
+    recipe = model_recipe(spec, config.aggregator, aggregator_kwargs, encoder.out_dim, vars(tiling))
     save_model(run_dir, model, recipe)
     write_predictions(run_dir / "predictions.csv", test_rows, pred)
     sizes = {r.image_id: tuple(bags[i].size) for r, i in zip(test_rows, split.test, strict=True)}

@@ -152,20 +152,33 @@ def predict(
 
 
 def ordinal_instance_loss(out: MILOutput, target: torch.Tensor) -> torch.Tensor:
-    """Max-pooled ordinal MIL loss on per-tile logits "grade >= k".
+    """Ordinal multiple-instance loss on per-tile logits "grade >= k" (k = 1 .. C - 1).
 
-    A photo's grade is the highest grade among its cells, so for each k its most suspicious
-    tile must score ">= k" exactly when the photo's grade is >= k. The whole gradient goes to
-    that one tile per threshold, which teaches a from-scratch encoder what atypia looks like
-    long before uniform-at-first attention would.
+    It uses only the MIL assumption (a photo's grade is the highest grade among its cells):
+    in a photo graded below k every tile is certainly below k, so all its tiles are pushed
+    down; in a photo graded k or higher at least one tile is, so its top-scoring tile is
+    pushed up. Normal photos thus teach the encoder what unremarkable tiles look like, which
+    a bag-level loss alone conveys only through 1/N of its gradient.
     """
     logits = out.instance_logits
     assert logits is not None
-    if out.mask is not None:
-        logits = logits.masked_fill(~out.mask[..., None], float("-inf"))
-    bag = logits.float().amax(dim=1)  # (B, K)
-    thresholds = torch.arange(1, bag.shape[1] + 1, device=bag.device)
-    return F.binary_cross_entropy_with_logits(bag, (target[:, None] >= thresholds).float())
+    mask = (
+        out.mask
+        if out.mask is not None
+        else torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    )
+    logits = logits.float()
+    losses = []
+    for k in range(logits.shape[2]):
+        z = logits[..., k]
+        positive = target > k  # the photo holds a tile of grade >= k + 1
+        if positive.any():
+            top = z[positive].masked_fill(~mask[positive], float("-inf")).amax(dim=1)
+            losses.append(F.binary_cross_entropy_with_logits(top, torch.ones_like(top)))
+        if (~positive).any():
+            neg = z[~positive][mask[~positive]]
+            losses.append(F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
+    return torch.stack(losses).mean()
 
 
 def _selection_key(metrics: dict[str, Any], loss: float) -> tuple[float, float]:

@@ -1,0 +1,62 @@
+"""The ordinal instance loss and within-bag standardisation."""
+
+from __future__ import annotations
+
+import torch
+
+from mil_cyto.models import create_aggregator, pad_bags
+from mil_cyto.models.aggregators import MILOutput, standardise_within_bag
+from mil_cyto.training import ordinal_instance_loss
+
+
+def _out(instance: torch.Tensor, mask: torch.Tensor) -> MILOutput:
+    b, n = mask.shape
+    zeros = torch.zeros(b, n)
+    return MILOutput(torch.zeros(b, 3), zeros, zeros, instance, mask)
+
+
+def test_ordinal_instance_loss_follows_the_mil_assumption() -> None:
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    target = torch.tensor([0, 2])  # a normal photo, a CIN2+ photo with two real tiles
+    low, high = -8.0, 8.0
+    # right: every tile of the normal photo low; the CIN2+ photo has one tile high on both
+    good = torch.full((2, 3, 2), low)
+    good[1, 0] = high
+    # wrong: a normal tile scores high, and the CIN2+ photo's only high tile is padding
+    bad = good.clone()
+    bad[0, 2, 0] = high
+    bad[1, 0] = low
+    bad[1, 2] = high
+    assert ordinal_instance_loss(_out(good, mask), target) < 0.01
+    assert ordinal_instance_loss(_out(bad, mask), target) > 1.0
+
+
+def test_ordinal_instance_loss_cin1_photo_is_negative_for_cin2() -> None:
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    logits = torch.tensor([[[8.0, -8.0], [-8.0, -8.0]]])
+    assert ordinal_instance_loss(_out(logits, mask), torch.tensor([1])) < 0.01
+    logits[0, 0, 1] = 8.0  # claims a CIN2+ tile in a CIN1 photo
+    assert ordinal_instance_loss(_out(logits, mask), torch.tensor([1])) > 1.0
+
+
+def test_standardise_within_bag_ignores_padding() -> None:
+    torch.manual_seed(0)
+    short, long = torch.randn(4, 5) * 3 + 2, torch.randn(9, 5)
+    alone = standardise_within_bag(short[None])[0]
+    padded, mask = pad_bags([short, long])
+    batched = standardise_within_bag(padded, mask)[0, :4]
+    torch.testing.assert_close(alone, batched)
+    torch.testing.assert_close(alone.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone.std(0, unbiased=False), torch.ones(5), atol=1e-3, rtol=0)
+
+
+def test_bag_norm_aggregator_is_padding_invariant() -> None:
+    torch.manual_seed(1)
+    agg = create_aggregator("gated_abmil", in_dim=5, bag_norm=True).eval()
+    short, long = torch.randn(4, 5), torch.randn(9, 5)
+    with torch.no_grad():
+        alone = agg(short[None])
+        padded, mask = pad_bags([short, long])
+        batched = agg(padded, mask)
+    torch.testing.assert_close(alone.logits[0], batched.logits[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone.attention[0], batched.attention[0, :4], atol=1e-5, rtol=0)
