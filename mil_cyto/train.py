@@ -23,7 +23,7 @@ from mil_cyto.config import TrainConfig, default_cache_dir, load_config_file, re
 from mil_cyto.data.bags import load_bags
 from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow, read_manifest
-from mil_cyto.data.splits import train_val_test_split
+from mil_cyto.data.splits import fixed_split, train_val_test_split
 from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
@@ -119,9 +119,11 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     rows = read_manifest(data_dir / "manifest.csv", label_column=config.label_column)
     cells_path = Path(config.cells) if config.cells else data_dir / "cells.csv"
     boxes = read_cell_boxes(cells_path) if cells_path.is_file() else None
-    split = train_val_test_split(
-        [r.label for r in rows], [r.patient_id for r in rows], seed=config.split_seed
-    )
+    split = fixed_split([r.split for r in rows], where=str(data_dir / "manifest.csv"))
+    if split is None:  # no 'split' column: the patient-disjoint split
+        split = train_val_test_split(
+            [r.label for r in rows], [r.patient_id for r in rows], seed=config.split_seed
+        )
     resolved = {**config.to_dict(), "data_resolved": str(data_dir), "mil_cyto_version": __version__}
     write_json(run_dir / "config.json", resolved)
     write_json(

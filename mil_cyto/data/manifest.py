@@ -12,6 +12,9 @@ from mil_cyto.labels import GRADES, grade_index, parse_grade, parse_hpv
 GRADE_COLUMNS: tuple[str, ...] = ("histology", "cytology", "label")
 """Columns that hold a grade; the training target is one of them."""
 
+SPLIT_VALUES: tuple[str, ...] = ("train", "val", "test")
+"""Values of the optional ``split`` column (a fixed split, e.g. cell-disjoint mosaics)."""
+
 
 @dataclass(frozen=True)
 class ManifestRow:
@@ -22,6 +25,7 @@ class ManifestRow:
     patient_id: str
     label: int
     sources: dict[str, str | None] = field(default_factory=dict)
+    split: str | None = None  # the optional ``split`` column: train / val / test
 
     @property
     def grade(self) -> str:
@@ -118,6 +122,11 @@ def _parse_row(
                 sources[column] = parse_hpv(raw)
         except ValueError as err:
             raise MilCytoError(f"{where}: column {column!r}: {err}") from None
+    split = (record.get("split") or "").strip().lower() or None
+    if split is not None and split not in SPLIT_VALUES:
+        raise MilCytoError(
+            f"{where}: column 'split' holds {record.get('split')!r}; use train, val or test"
+        )
     full = (path.parent / image).resolve()
     if check_images and not full.is_file():
         raise MilCytoError(f"{where}: image {image!r} not found at {full}; fix or remove the row")
@@ -127,4 +136,5 @@ def _parse_row(
         patient_id=patient,
         label=grade_index(sources[target] or "normal"),
         sources=sources,
+        split=split,
     )

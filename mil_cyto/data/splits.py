@@ -75,3 +75,26 @@ def train_val_test_split(
 ) -> Split:
     """The default 60 / 20 / 20 patient-disjoint split (fold 0 of :func:`patient_folds`)."""
     return patient_folds(labels, patient_ids, k=5, val_parts=4, seed=seed)[0]
+
+
+def fixed_split(splits: Sequence[str | None], *, where: str = "manifest") -> Split | None:
+    """The split a manifest's ``split`` column fixes (``train``/``val``/``test`` per row), or
+    None when no row carries one (then the patient split applies).
+
+    Raises:
+        MilCytoError: only some rows carry a split, or a part is empty.
+    """
+    if all(s is None for s in splits):
+        return None
+    missing = [i for i, s in enumerate(splits) if s is None]
+    if missing:
+        raise MilCytoError(
+            f"{where}: the 'split' column is empty on {len(missing)} row(s) (first: row "
+            f"{missing[0] + 1}); give every row train, val or test, or drop the column"
+        )
+    arr = np.asarray(splits)
+    parts = {name: np.flatnonzero(arr == name) for name in ("train", "val", "test")}
+    empty = [name for name, idx in parts.items() if idx.size == 0]
+    if empty:
+        raise MilCytoError(f"{where}: the 'split' column has no {' / '.join(empty)} row")
+    return Split(train=parts["train"], val=parts["val"], test=parts["test"])
