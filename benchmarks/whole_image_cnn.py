@@ -23,7 +23,7 @@ import torchvision
 from PIL import Image
 
 from mil_cyto.data.manifest import read_manifest
-from mil_cyto.data.splits import train_val_test_split
+from mil_cyto.data.splits import fixed_split, train_val_test_split
 from mil_cyto.metrics import classification_metrics
 
 
@@ -54,7 +54,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     rows = read_manifest(args.data / "manifest.csv")
-    split = train_val_test_split([r.label for r in rows], [r.patient_id for r in rows])
+    split = fixed_split([r.split for r in rows]) or train_val_test_split(
+        [r.label for r in rows], [r.patient_id for r in rows]
+    )  # a manifest 'split' column (cell-disjoint mosaics) wins over the patient split
     x = load_resized([r.image for r in rows], args.size)
     y = torch.tensor([r.label for r in rows])
     model = getattr(torchvision.models, args.arch)(num_classes=3)

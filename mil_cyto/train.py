@@ -7,6 +7,7 @@ CPU and evaluates on patient-disjoint test photos. See ``--help``.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import fields
@@ -41,6 +42,9 @@ from mil_cyto.reporting import (
     write_predictions,
 )
 from mil_cyto.training import FeatureBag, FitConfig, fit, predict, resolve_device, seed_everything
+
+RESUME_DIR = "resume"
+"""Per-epoch checkpoint folder inside an unfinished run folder (removed when it finishes)."""
 
 
 def resolve_data(config: TrainConfig, progress: bool) -> Path:
@@ -164,6 +168,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         augment=config.augment,
         seed=config.seed,
         instance_loss_weight=config.instance_loss_weight,
+        resume_dir=str(run_dir / RESUME_DIR),  # a killed run, rerun with the same --out, resumes
     )
     train_bags = [bags[i] for i in split.train]
     val_bags = [bags[i] for i in split.val]
@@ -204,6 +209,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     metrics["timing_s"] = timing
     write_text(run_dir / "report.md", render_report(metrics, resolved))
     write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    shutil.rmtree(run_dir / RESUME_DIR, ignore_errors=True)
     return run_dir, metrics
 
 

@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
+from mil_cyto import resume
 from mil_cyto.labels import GRADES
 from mil_cyto.metrics import classification_metrics
 from mil_cyto.models.aggregators import MILOutput
@@ -50,6 +52,7 @@ class FitConfig:
     augment: bool = True
     seed: int = 0
     instance_loss_weight: float = 0.0
+    resume_dir: str | None = None  # per-epoch checkpoint folder (mil_cyto.resume); None: off
 
 
 @dataclass
@@ -223,7 +226,26 @@ def fit(
     result = FitResult(best_epoch=-1)
     best_key: tuple[float, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
-    epochs = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress)
+    first = 0
+    if config.resume_dir:  # continue a killed run from its last finished epoch
+        run_id = resume.fit_fingerprint(
+            config,
+            model,
+            [(b.image_id, b.label) for b in train_bags],
+            [b.image_id for b in val_bags],
+        )
+        restored = resume.restore_fit(
+            Path(config.resume_dir), run_id, model, optimizer, scheduler, generator
+        )
+        if restored is not None:
+            first, result.best_epoch, result.history = (
+                restored.epoch,
+                restored.best_epoch,
+                restored.history,
+            )
+            best_key = tuple(restored.best_key) if restored.best_key else None  # type: ignore[assignment]
+            best_state = restored.best_state
+    epochs = tqdm(range(first, config.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in epochs:
         model.train()
         order = torch.randperm(len(train_bags), generator=generator).tolist()
@@ -256,6 +278,19 @@ def fit(
             best_key, result.best_epoch = key, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
         epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
+        if config.resume_dir:
+            best = (best_key, result.best_epoch, best_state)
+            resume.snapshot_fit(
+                Path(config.resume_dir),
+                run_id,
+                epoch + 1,
+                model,
+                optimizer,
+                scheduler,
+                generator,
+                best,
+                result.history,
+            )
     if best_state is not None:
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - start
