@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,13 @@ def read_manifest(
         path = path / "manifest.csv"
     if not path.is_file():
         raise MilCytoError(f"manifest {path} not found; point --data at a folder with manifest.csv")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise MilCytoError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8 CSV"
+        ) from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         reader.fieldnames = columns
