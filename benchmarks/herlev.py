@@ -263,7 +263,8 @@ classes, CIN1 = light dysplastic, CIN2+ = moderate, severe, carcinoma in situ). 
 belongs to one of train / val / test (`cell_splits.csv`), so no test cell was seen in
 training; all rows use the same split. {n_test} test fields.
 
-Command (run from the repository root; {seconds / 60:.1f} min on a shared 2-core CPU):
+Command (run from the repository root; {seconds / 60:.1f} min wall clock on a 2-core CPU
+shared with other jobs, so the "train s" column is inflated by contention):
 
 ```bash
 MIL_CYTO_DATA=../shared/data python benchmarks/herlev.py {argv}
@@ -274,17 +275,19 @@ MIL_CYTO_DATA=../shared/data python benchmarks/herlev.py {argv}
 {chr(10).join(rows)}
 
 - {compare_note}.
-- Best MIL row ({best_name}) against the reference study's DenseNet121 targets: {gaps};
-  instance AUROC {_fmt(auroc)} vs {TARGET_AUROC:.2f}.
+- Gap of the best MIL row ({best_name}) to the reference study's DenseNet121 targets
+  (measured on other data, 512 px Pap photos): {gaps}; instance AUROC {_fmt(auroc)} vs
+  {TARGET_AUROC:.2f}.
 - The REFERENCE row is not a MIL result: its encoder was trained on single-cell labels
   (train crops only). That encoder's single-cell accuracy on the test crops, native
   {sc["native_crop_px"][0]}x{sc["native_crop_px"][1]} px resized to {sc["input_px"]} px:
   accuracy {_fmt(sc["test_accuracy"])}, mean sensitivity {_fmt(sc["test_macro_sensitivity"])}.
   This bounds what the small CNN can tell apart at this resolution: Herlev here is
   downsampled to 40x40 px (squashed), so chromatin and texture are largely lost.
-- Settings: MIL `--epochs {args.epochs} --tile-size {args.tile_size} --stride {args.tile_size}`;
-  whole image `{args.baseline_arch}` at {args.baseline_size} px, {args.baseline_epochs} epochs,
-  from scratch (no pretrained weights offline); fields {args.n_images}, seed {args.seed}.
+- Settings: MIL `--epochs {args.epochs} --tile-size {args.tile_size} --stride
+  {args.tile_size}`; whole image `{args.baseline_arch}` at {args.baseline_size} px,
+  {args.baseline_epochs} epochs, from scratch (no pretrained weights offline);
+  {args.n_images} fields, seed {args.seed}.
   Figures from a short CPU budget are far from converged; rerun with the defaults
   (`python benchmarks/herlev.py`) for the full settings.
 """
