@@ -1,5 +1,9 @@
 """Interrupt and resume: feature extraction and training killed mid-way (a real subprocess
-killed with SIGKILL) resume from where they were, with no corrupt file and equal results."""
+killed with SIGKILL) resume from where they were, with no corrupt file and equal results.
+
+The two real-kill tests are marked slow; the fast tier covers the same code in process
+(``test_fit_resumes_to_identical_weights`` here, the extraction resume in
+``test_feature_store.py``)."""
 
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 TILING = TilingConfig(48, 48, 0.05)
 
 EXTRACT_SCRIPT = """
-import sys, time, torch
+import sys, torch
 from mil_cyto.data.manifest import read_manifest
 from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.encoders import create_encoder
@@ -39,11 +43,11 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 encoder = create_encoder("smallcnn")
 plain = encoder.forward
-def slow(tiles):
+def gated(tiles):
     print("photo", flush=True)  # after the previous photo was written and flushed
-    time.sleep(float(sys.argv[3]))
+    sys.stdin.readline()  # wait for the test's go-ahead: it kills the process here instead
     return plain(tiles)
-encoder.forward = slow
+encoder.forward = gated
 rows = read_manifest(sys.argv[1])
 extract_to_store(rows, encoder, sys.argv[2], tiling=TilingConfig(48, 48, 0.05),
                  provenance={"encoder": "smallcnn"}, workers=1, progress=False)
@@ -76,6 +80,7 @@ def _encoder(calls: list[int]) -> torch.nn.Module:
     return encoder
 
 
+@pytest.mark.slow  # a subprocess importing torch: ~10 s idle, over a minute on a busy CPU
 def test_extraction_killed_then_resumed(tiny_data: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     rows = read_manifest(tiny_data / "manifest.csv")[:8]
@@ -86,17 +91,22 @@ def test_extraction_killed_then_resumed(tiny_data: Path, tmp_path: Path) -> None
     script = tmp_path / "extract.py"
     script.write_text(EXTRACT_SCRIPT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(manifest), str(store), "0.5"],
+        [sys.executable, str(script), str(manifest), str(store)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=_env(),
     )
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stdin is not None
     seen = 0
-    while seen < 4:  # photos 1-3 written, photo 4 being embedded
+    while seen < 4:  # let photos 1-3 through; kill while photo 4 is being embedded
         line = proc.stdout.readline()
         assert line, "extraction ended before it could be killed"
-        seen += line.strip() == "photo"
+        if line.strip() == "photo":
+            seen += 1
+            if seen < 4:
+                proc.stdin.write("\n")
+                proc.stdin.flush()
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     partial = store.with_name(store.name + ".partial")
