@@ -294,6 +294,7 @@ def test_fixed_split_column(tmp_path: Path) -> None:
         read_manifest(tmp_path / "manifest.csv", check_images=False)
 
 
+@pytest.mark.slow  # a whole training run; fixed_split itself is tested above
 def test_training_honours_the_split_column(mosaic: Path, tmp_path: Path) -> None:
     """A one-epoch run on the mosaics: its splits.json is the manifest's split column."""
     import json
@@ -302,6 +303,7 @@ def test_training_honours_the_split_column(mosaic: Path, tmp_path: Path) -> None
 
     run = tmp_path / "run"
     fast = ["--epochs", "1", "--quiet", "--tile-size", "96", "--stride", "96", "--threads", "1"]
+    fast += ["--mode", "frozen"]
     assert train_main(["--data", str(mosaic), "--out", str(run), *fast]) == 0
     splits = json.loads((run / "splits.json").read_text())
     want: dict[str, list[str]] = defaultdict(list)
