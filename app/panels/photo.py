@@ -70,9 +70,8 @@ def _controls() -> dict[str, Any]:
         "opacity": bar.slider("overlay opacity", 0.0, 1.0, 0.5, 0.05, key="opacity"),
         "cmap": bar.selectbox("colour map", COLOUR_MAPS, key="cmap"),
         "k": bar.slider("top-k tiles", 1, 24, 8, key="topk"),
-        "show_cells": bar.checkbox(
-            "annotated cells (cyan atypical, green normal)", True, key="show_cells"
-        ),
+        "show_cells": bar.checkbox("annotated atypical cells (cyan)", True, key="show_cells"),
+        "show_normal": bar.checkbox("annotated normal cells (green)", False, key="show_normal"),
         "show_suspects": bar.checkbox(
             "suspect cells (magenta, from explain)", True, key="show_suspects"
         ),
@@ -102,24 +101,24 @@ def photo_view(case: PhotoCase) -> None:
 
     boxes: list[Box] = []
     if opts["show_cells"]:
-        boxes += [
-            Box(c.box, ATYPICAL if c.atypical else NORMAL_CELL, 2 if c.atypical else 1)
-            for c in case.cells
-        ]
+        boxes += [Box(c.box, ATYPICAL, 2) for c in case.cells if c.atypical]
+    if opts["show_normal"]:
+        boxes += [Box(c.box, NORMAL_CELL, 1) for c in case.cells if not c.atypical]
     if suspects is not None:
         boxes += [Box(tuple(b), SUSPECT, 2) for b in suspects[0]]
     if opts["show_marks"]:
         boxes += [Box((m.x0, m.y0, m.x1, m.y1), MARK_COLOURS[m.mark], 3) for m in marks]
+    parts = []
+    if opts["show_cells"] and case.cells:
+        parts.append(f"{sum(c.atypical for c in case.cells)} annotated atypical cells (cyan)")
+    if suspects is not None:
+        parts.append(f"{len(suspects[0])} suspect cells (magenta)")
+    if opts["show_marks"] and marks:
+        parts.append(f"{len(marks)} review marks")
     left, right = st.columns(2)
     left.image(
         draw_boxes(case.photo, boxes),
-        caption="photo"
-        + (
-            f" with {sum(c.atypical for c in case.cells)} annotated atypical cells"
-            if opts["show_cells"] and case.cells
-            else ""
-        )
-        + (f", {len(suspects[0])} suspect cells" if suspects is not None else ""),
+        caption="photo" + (": " + ", ".join(parts) if parts else ""),
         width="stretch",
     )
     overlay = blend(case.photo, heat, cmap=opts["cmap"], opacity=opts["opacity"])

@@ -1,4 +1,5 @@
-"""Serving the review app on a free localhost port, for browser tests and screenshots."""
+"""Helpers of the review-app tests: a tiny trained run folder, and the app served on a free
+localhost port (for the browser test and the docs screenshot)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+FAST = ["--epochs", "1", "--quiet", "--tile-size", "48", "--stride", "48", "--threads", "2"]
 
 REPO = Path(__file__).resolve().parents[1]
 VIEWER = REPO / "app" / "viewer.py"
@@ -70,3 +73,19 @@ def serve_app(run: Path, *, timeout: float = 120.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def make_tiny_run(root: Path, *, n_images: int = 30) -> Path:
+    """Train 1 epoch on ``n_images`` small synthetic photos (with cells.csv); return the run
+    folder ``root/runs/tiny`` (about 10 s on 2 cores)."""
+    from mil_cyto.data.synthetic import SynthConfig, generate_dataset
+    from mil_cyto.train import main
+
+    config = SynthConfig(
+        n_images=n_images, seed=3, width=256, height=192, images_per_patient=(2, 3)
+    )
+    data = generate_dataset(root / "data", config, workers=1, progress=False)
+    run = root / "runs" / "tiny"
+    if main(["--data", str(data), "--out", str(run), *FAST]) != 0:
+        raise RuntimeError("training the tiny run failed")
+    return run
