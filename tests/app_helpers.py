@@ -89,3 +89,49 @@ def make_tiny_run(root: Path, *, n_images: int = 30) -> Path:
     if main(["--data", str(data), "--out", str(run), *FAST]) != 0:
         raise RuntimeError("training the tiny run failed")
     return run
+
+
+def browse_app(url: str, shots: Path, *, first_ms: int = 180_000, step_ms: int = 60_000) -> dict:
+    """Drive the served app in headless Chromium: open it, pick the last photo of the list,
+    wait for its attention overlay, open the run summary and read the metrics table.
+
+    Saves ``shots/photo.png`` and ``shots/summary.png``; returns what it saw (the photo
+    chosen, the overlay's natural width in px, the metrics table's text).
+    """
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    shots.mkdir(parents=True, exist_ok=True)
+    seen: dict = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1500})
+            page.goto(url)
+            overlay = page.get_by_test_id("stImage").filter(has_text="attention (rank) overlay")
+            overlay.first.wait_for(timeout=first_ms)
+            page.set_default_timeout(step_ms)
+            sidebar = page.get_by_test_id("stSidebar")
+            sidebar.get_by_test_id("stSelectbox").filter(has_text="photo").click()
+            option = page.get_by_role("option").last
+            seen["photo"] = option.inner_text().split(" (")[0].strip()
+            option.click()
+            page.get_by_role("heading", name=seen["photo"]).wait_for()
+            image = overlay.first.locator("img")
+            image.wait_for()
+            page.wait_for_function(
+                "(el) => el.complete && el.naturalWidth > 0", arg=image.element_handle()
+            )
+            seen["overlay_width"] = image.evaluate("(el) => el.naturalWidth")
+            page.mouse.wheel(0, -5000)
+            page.screenshot(path=str(shots / "photo.png"))
+            sidebar.get_by_text("Run summary", exact=True).click()
+            table = page.get_by_test_id("stTable").first
+            table.wait_for()
+            seen["metrics_table"] = table.inner_text()
+            page.screenshot(path=str(shots / "summary.png"))
+        finally:
+            browser.close()
+    return seen
