@@ -249,4 +249,5 @@ def test_explain_bridge_reports_a_missing_package(monkeypatch) -> None:
     with pytest.raises(MilCytoError, match="explain package not available"):
         explain_bridge.methods()
     monkeypatch.setitem(sys.modules, "explain.detect", None)
-    assert explain_bridge.suspect_cells(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8))) is None
+    with pytest.raises(MilCytoError, match="explain package not available"):
+        explain_bridge.suspect_cells(np.zeros((8, 8, 3), np.uint8), np.zeros((1, 4)), [0.0], 8)

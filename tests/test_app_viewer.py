@@ -256,3 +256,17 @@ def test_picker_and_missing_things_are_messages(monkeypatch, run_copy: Path, tmp
     (run_copy / "config.json").write_text(json.dumps(config))
     at = _app(monkeypatch, "--run", str(run_copy))
     assert "not found" in at.error[0].value and "data_resolved" in at.error[0].value
+
+
+@pytest.mark.skipif(
+    __import__("mil_cyto.review.explain_bridge", fromlist=["status"]).status() is not None,
+    reason="the explain package is not importable here",
+)
+def test_real_explain_suspects_and_attribution(monkeypatch, tiny_run: Path) -> None:
+    at = _app(monkeypatch, "--run", str(tiny_run))
+    assert not at.error
+    assert any("suspect cells (magenta)" in c for c in _captions(at))
+    at.selectbox(key="attr_method").set_value("saliency")
+    at.button(key="attr_go").click().run()
+    assert not at.exception and not at.error
+    assert any(c.startswith("saliency for class") for c in _captions(at))

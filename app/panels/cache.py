@@ -74,3 +74,12 @@ def attribution(
 ) -> explain_bridge.Attribution:
     """One attribution map, computed once per (photo key, method, class)."""
     return explain_bridge.attribute(_model, _tiles, _coords, method, target, size_hw)
+
+
+@st.cache_data(show_spinner="finding suspect cells ...", max_entries=32)
+def suspects(
+    key: str, _photo: np.ndarray, coords: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Suspect cells of one photo's attention (``key`` names the photo in the cache)."""
+    size = int(coords[0, 2] - coords[0, 0])
+    return explain_bridge.suspect_cells(_photo, coords, scores, size)

@@ -79,12 +79,15 @@ def _controls() -> dict[str, Any]:
     }
 
 
-def _suspects(case: PhotoCase, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _suspects(case: PhotoCase) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
+    """Suspect cells from the attention logits, or None and the reason there are none."""
+    if explain_bridge.status() is not None:
+        return None, f"suspect cells: {explain_bridge.status()}"
     try:
-        return explain_bridge.suspect_cells(case.photo, heat)
+        found = cache.suspects(case.key, case.photo, case.tiles.coords, case.tiles.scores)
     except MilCytoError as err:
-        st.warning(f"suspect cells: {err}")
-        return None
+        return None, f"suspect cells: {err}"
+    return found, ""
 
 
 def photo_view(case: PhotoCase) -> None:
@@ -97,7 +100,7 @@ def photo_view(case: PhotoCase) -> None:
     top = top_k(tm.attention, opts["k"])
     marks = read_marks(case.marks_file) if case.marks_file else []
     marks = [m for m in marks if m.image == case.key]
-    suspects = _suspects(case, heat) if opts["show_suspects"] else None
+    suspects, why_none = _suspects(case) if opts["show_suspects"] else (None, "")
 
     boxes: list[Box] = []
     if opts["show_cells"]:
@@ -130,8 +133,8 @@ def photo_view(case: PhotoCase) -> None:
     )
     if case.cells and not any(c.atypical for c in case.cells) and opts["show_cells"]:
         st.caption("annotations: no atypical cell in this photo")
-    if suspects is None and opts["show_suspects"]:
-        st.caption(f"suspect cells: {explain_bridge.status() or 'explain.detect offers none'}")
+    if why_none:
+        st.caption(why_none)
 
     _gallery(case, top)
     _attributions(case, opts)

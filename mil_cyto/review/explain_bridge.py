@@ -2,8 +2,8 @@
 
 ``explain.attributions.attribute_photo(model, tiles, coords, method, target, size_hw=...)``
 returns ``(pixel_map (H, W) float32, tile_scores (N,))``; ``explain.attributions.list_methods``
-names the methods. Suspect cells come from ``explain.detect`` when it offers
-``detect_suspects``/``detect_cells`` (boxes ``(M, 4)`` and scores ``(M,)``).
+names the methods. Suspect cells come from ``explain.detect`` (``find_nuclei`` and
+``detect_cells`` on a tile-score map from ``explain.maps.tile_heatmap``).
 """
 
 from __future__ import annotations
@@ -78,35 +78,29 @@ def attribute(
     )
 
 
-def suspect_cells(photo: np.ndarray, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Suspect cells found by ``explain.detect`` from a score map ``(H, W)``: boxes ``(M, 4)``
-    ``x0, y0, x1, y1`` and scores ``(M,)``; None when ``explain.detect`` is absent or offers
-    no detector this app knows."""
-    try:
-        detect = _module("explain.detect")
-    except MilCytoError:
-        return None
-    for name in ("detect_suspects", "detect_cells", "suspect_cells"):
-        fn = getattr(detect, name, None)
-        if fn is not None:
-            break
-    else:
-        return None
-    result = fn(photo, heat)
-    boxes, scores = _boxes_and_scores(result)
-    return boxes, scores
+def suspect_cells(
+    photo: np.ndarray,
+    coords: np.ndarray,
+    tile_scores: np.ndarray,
+    tile_size: int,
+    *,
+    max_detections: int = 30,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Suspect cells where a tile-score map peaks, each moved to a detected nucleus
+    (``explain.detect``, as ``python -m explain`` does for tile-level maps).
 
+    ``photo`` ``(H, W, 3)`` uint8, ``coords`` ``(N, 4)``, ``tile_scores`` ``(N,)`` (e.g.
+    attention logits). Returns boxes ``(M, 4)`` ``x0, y0, x1, y1`` and scores ``(M,)``,
+    best first.
 
-def _boxes_and_scores(result: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Accept ``(boxes, scores)``, an object with ``boxes``/``scores``, or a list of such."""
-    if isinstance(result, tuple) and len(result) == 2:
-        boxes, scores = result
-    elif hasattr(result, "boxes"):
-        boxes, scores = result.boxes, getattr(result, "scores", None)
-    else:
-        items = list(result)
-        boxes = [getattr(i, "box", None) or getattr(i, "xyxy", None) for i in items]
-        scores = [getattr(i, "score", 0.0) for i in items]
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.zeros(len(boxes)) if scores is None else np.asarray(scores, dtype=np.float64)
-    return boxes, scores
+    Raises:
+        MilCytoError: ``explain`` is not available.
+    """
+    detect = _module("explain.detect")
+    maps = _module("explain.maps")
+    heat = maps.tile_heatmap(photo.shape[:2], coords, tile_scores)
+    nuclei = detect.find_nuclei(photo)
+    found = detect.detect_cells(
+        heat, nuclei, sigma=tile_size / 4, radius=tile_size / 3, max_detections=max_detections
+    )
+    return np.asarray(found.boxes, dtype=np.float64).reshape(-1, 4), np.asarray(found.scores)
