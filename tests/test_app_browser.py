@@ -10,10 +10,13 @@ import pytest
 from app_helpers import browse_app, make_tiny_run, serve_app
 
 pytest.importorskip("playwright.sync_api", reason="playwright not installed: pip install '.[dev]'")
-pytestmark = pytest.mark.skipif(
-    shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
-    reason="no chromium executable: apt-get install -y chromium",
-)
+pytestmark = [
+    pytest.mark.slow,  # about 30 s idle (server start, torch import, first render); .ci/run runs it
+    pytest.mark.skipif(
+        shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+        reason="no chromium executable: apt-get install -y chromium",
+    ),
+]
 
 
 def test_browser_opens_photo_overlay_and_metrics(tmp_path: Path) -> None:
