@@ -37,6 +37,7 @@ def pick_run(args: argparse.Namespace) -> Run | None:
     """The sidebar run picker: run folders under a root, the ``--run`` one preselected."""
     default_root = args.root or (args.run.resolve().parent if args.run else Path("runs"))
     root = Path(st.sidebar.text_input("runs folder", str(default_root), key="root"))
+    root = root.expanduser().resolve()
     runs = find_runs(root)
     if args.run is not None and args.run.resolve() not in runs:
         runs.insert(0, args.run.resolve())

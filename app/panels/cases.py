@@ -94,6 +94,7 @@ def _show_photo(run: Run, row: dict) -> None:
     photo_view(
         PhotoCase(
             key=image,
+            cache_key=f"{run.path}|{cache.stamp(run.path / 'model.safetensors')}|{image}",
             title=image,
             photo=photo,
             tiles=maps[image],

@@ -37,10 +37,12 @@ MARK_COLOURS = {"atypical": (230, 30, 30), "normal": (30, 160, 30), "unsure": (2
 
 @dataclass
 class PhotoCase:
-    """What the view shows for one photo. ``key`` identifies it in caches and marks (the
-    image id for test photos); ``probs`` ``(C,)``; ``truth`` None for uploads."""
+    """What the view shows for one photo. ``key`` names it in marks (the image id for test
+    photos); ``cache_key`` names it in caches (run, model and photo); ``probs`` ``(C,)``;
+    ``truth`` None for uploads."""
 
     key: str
+    cache_key: str
     title: str
     photo: np.ndarray
     tiles: TileMap
@@ -84,7 +86,7 @@ def _suspects(case: PhotoCase) -> tuple[tuple[np.ndarray, np.ndarray] | None, st
     if explain_bridge.status() is not None:
         return None, f"suspect cells: {explain_bridge.status()}"
     try:
-        found = cache.suspects(case.key, case.photo, case.tiles.coords, case.tiles.scores)
+        found = cache.suspects(case.cache_key, case.photo, case.tiles.coords, case.tiles.scores)
     except MilCytoError as err:
         return None, f"suspect cells: {err}"
     return found, ""
@@ -96,7 +98,7 @@ def photo_view(case: PhotoCase) -> None:
     st.markdown(f"#### {case.title}")
     st.markdown(_probabilities(case))
     tm = case.tiles
-    heat = cache.heatmap(case.key, tm.size_hw, tm.coords, tm.scores)
+    heat = cache.heatmap(case.cache_key, tm.size_hw, tm.coords, tm.scores)
     top = top_k(tm.attention, opts["k"])
     marks = read_marks(case.marks_file) if case.marks_file else []
     marks = [m for m in marks if m.image == case.key]
@@ -175,7 +177,7 @@ def _attributions(case: PhotoCase, opts: dict[str, Any]) -> None:
         default = int(np.argmax(case.probs))
         target = c2.selectbox("class", GRADES, index=default, key="attr_class")
         store = st.session_state.setdefault("attributions", {})
-        wanted = (case.key, method, target)
+        wanted = (case.cache_key, method, target)
         if st.button("Compute attribution", key="attr_go"):
             try:
                 with st.spinner(f"{method} for {target} ..."):
@@ -183,7 +185,7 @@ def _attributions(case: PhotoCase, opts: dict[str, Any]) -> None:
                     tm = case.tiles
                     tiles = extract_tiles(case.photo, tm.coords.astype(np.int64))
                     store[wanted] = cache.attribution(
-                        case.key,
+                        case.cache_key,
                         method,
                         GRADES.index(target),
                         model,

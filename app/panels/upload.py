@@ -56,6 +56,7 @@ def upload_page(run: Run) -> None:
     photo_view(
         PhotoCase(
             key=f"upload:{digest[:12]}:{upload.name}",
+            cache_key=f"{run.path}|{cache.stamp(run.path / 'model.safetensors')}|{digest}",
             title=f"{upload.name} ({rgb.shape[1]}x{rgb.shape[0]} px, {len(pred.coords)} tiles)",
             photo=rgb,
             tiles=TileMap(pred.coords, pred.attention, pred.scores, rgb.shape[:2]),

@@ -52,8 +52,9 @@ def is_run(path: Path) -> bool:
 
 
 def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
-    """Run folders at or below ``root`` (at most ``max_depth`` levels down), sorted by path."""
-    root = Path(root).expanduser()
+    """Run folders at or below ``root`` (at most ``max_depth`` levels down), as absolute paths
+    sorted by path."""
+    root = Path(root).expanduser().resolve()
     if not root.is_dir():
         return []
     found: list[Path] = []
