@@ -136,7 +136,7 @@ def test_review_marks_saved_and_exported(monkeypatch, run_copy: Path) -> None:
     at.sidebar.text_input(key="reviewer").set_value("ana")
     image = _photo_box(at).value
     at.radio(key="mark_value").set_value("atypical")
-    at.button[0].click().run()  # the form's "Save mark"
+    next(b for b in at.button if b.label == "Save mark").click().run()
     assert not at.exception
     assert any("saved: tile #1" in s.value for s in at.success)
     marks = read_marks(run_copy / "review_marks.csv")

@@ -195,6 +195,8 @@ def _attributions(case: PhotoCase, opts: dict[str, Any]) -> None:
                     )
             except MilCytoError as err:
                 st.error(str(err))
+            except Exception as err:  # a failing method must not take the page down
+                st.error(f"{method} failed on this photo ({type(err).__name__}: {err})")
         result = store.get(wanted)
         if result is None:
             st.caption("pick a method and a class, then compute (cached once computed)")
