@@ -86,18 +86,25 @@ def detect_cells(
     *,
     sigma: float,
     radius: float,
+    local_sigma: float | None = None,
     max_detections: int = 30,
 ) -> Detections:
     """Peaks of the ``(H, W)`` raw map (NaN = no tile) smoothed by ``sigma`` px, at least
-    ``radius`` px apart; each moves to the nucleus within ``radius`` px where the smoothed
-    map is highest (ties, as in a map constant per tile, go to the most prominent
-    nucleus), each nucleus used once. A peak without a nucleus stays a point with a box
-    of ``radius``. Scores are comparable across photos when the raw maps are."""
+    ``radius`` px apart, best first; each moves to the nucleus within ``radius`` px where
+    the map smoothed by ``local_sigma`` (default ``sigma``; 0 for a map constant per
+    tile) is highest, ties going to the most prominent nucleus; each nucleus is used
+    once. A peak without a nucleus stays a point with a box of ``radius``. Scores are the
+    smoothed map at the peak: comparable across photos when the raw maps are."""
     finite = np.isfinite(heat)
     if not finite.any():
         return Detections.empty()
     filled = np.where(finite, heat, np.nanmin(heat)).astype(np.float64)
-    smooth = gaussian(filled, sigma=sigma) if sigma > 0 else filled
+    floor = float(filled.min())
+    smooth = gaussian(filled, sigma=sigma, mode="constant", cval=floor) if sigma > 0 else filled
+    local_sigma = sigma if local_sigma is None else local_sigma
+    local = smooth
+    if local_sigma != sigma:
+        local = gaussian(filled, sigma=local_sigma) if local_sigma > 0 else filled
     peaks = peak_local_max(
         np.where(finite, smooth, smooth.min()),
         min_distance=max(1, int(radius)),
@@ -107,8 +114,8 @@ def detect_cells(
     h, w = heat.shape
     cx = np.clip(nuclei.centres[:, 0].round().astype(int), 0, w - 1)
     cy = np.clip(nuclei.centres[:, 1].round().astype(int), 0, h - 1)
-    at_nucleus = smooth[cy, cx]
-    span = float(np.ptp(smooth[finite])) or 1.0
+    at_nucleus = local[cy, cx]
+    span = float(np.ptp(local[finite])) or 1.0
     used = np.zeros(len(nuclei.radii), dtype=bool)
     points, boxes, scores = [], [], []
     for row, col in peaks:

@@ -42,6 +42,7 @@ from mil_cyto.models.mil_model import MILModel
 from mil_cyto.training import resolve_device
 
 TARGET_RULES = ("abnormal", "pred", "label")
+DETECTOR = "peaks-to-LoG-nuclei/2"  # bump when detection changes: stored results are redone
 FAITH_KEYS = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc")
 
 
@@ -63,7 +64,7 @@ class ExplainConfig:
 
     def fingerprint(self) -> str:
         """What a stored result depends on (methods excluded: each is stored on its own)."""
-        keys = {"target": self.target, "map_scale": self.map_scale}
+        keys = {"target": self.target, "map_scale": self.map_scale, "detector": DETECTOR}
         keys["max_detections"] = self.max_detections
         return json.dumps({**keys, "settings": asdict(self.settings)}, sort_keys=True)
 
@@ -182,11 +183,16 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
         attr = attribute_tiles(model, prepared, method, target, config.settings)
         cpu = time.process_time() - clock
         if attr.pixel is not None:
-            heat, sigma = pixel_heatmap(size, coords, attr.pixel), 4.0
-        else:
-            heat, sigma = tile_heatmap(size, coords, attr.tile), tile / 4
+            heat, sigma, local = pixel_heatmap(size, coords, attr.pixel), 4.0, 4.0
+        else:  # constant per tile: peaks at tile centres, nuclei tie within a tile
+            heat, sigma, local = tile_heatmap(size, coords, attr.tile), tile / 4, 0.0
         dets = detect_cells(
-            heat, nuclei, sigma=sigma, radius=tile / 3, max_detections=config.max_detections
+            heat,
+            nuclei,
+            sigma=sigma,
+            radius=tile / 3,
+            local_sigma=local,
+            max_detections=config.max_detections,
         )
         faith = faithfulness(model, prepared.features, attr.tile, target)
         result[f"{method}.tile"] = attr.tile
