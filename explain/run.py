@@ -104,16 +104,23 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> RunInputs:
             f"{run_dir / 'config.json'} points at data {data}, which has no manifest.csv; "
             "restore the data folder or fix data_resolved"
         )
-    by_id = {r.image_id: r for r in read_manifest(manifest, label_column=config["label_column"])}
+    rows = read_manifest(manifest, label_column=config.get("label_column"))
+    by_id = {r.image_id: r for r in rows}
     missing = [i for i in test_ids if i not in by_id]
     if missing:
         raise MilCytoError(f"test photos {missing[:3]} of splits.json are not in {manifest}")
-    tiling_keys = recipe.get("tiling") or {}
-    tiling = TilingConfig(
-        int(tiling_keys.get("tile_size", config["tile_size"])),
-        int(tiling_keys.get("stride", config["stride"])),
-        float(tiling_keys.get("min_tissue", config["min_tissue"])),
-    )
+    tiling_keys = {**config, **(recipe.get("tiling") or {})}
+    try:
+        tiling = TilingConfig(
+            int(tiling_keys["tile_size"]),
+            int(tiling_keys["stride"]),
+            float(tiling_keys.get("min_tissue", TilingConfig.min_tissue)),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise MilCytoError(
+            f"{run_dir}: no usable tiling ({err}) in model.json or config.json; "
+            "use the files the training run wrote"
+        ) from None
     cells = Path(config["cells"]) if config.get("cells") else data / "cells.csv"
     boxes = read_cell_boxes(cells) if cells.is_file() else None
     return RunInputs(run_dir, model, [by_id[i] for i in test_ids], tiling, boxes)
