@@ -75,19 +75,25 @@ def plot_confusion(path: Path, matrix: list[list[int]]) -> None:
     plt.close(fig)
 
 
+def paint_tiles(size_hw: tuple[int, int], coords: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per-tile values ``(N,)``, or per-tile pixel maps ``(N, T, T)``, painted into an
+    ``(H, W)`` float64 map: the mean where tiles overlap, NaN where no tile lies."""
+    total = np.zeros(size_hw)
+    count = np.zeros(size_hw)
+    for (x0, y0, x1, y1), v in zip(coords, values, strict=True):
+        total[y0:y1, x0:x1] += v
+        count[y0:y1, x0:x1] += 1
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def attention_heatmap(
     size_hw: tuple[int, int], coords: np.ndarray, scores: np.ndarray
 ) -> np.ndarray:
     """Tile scores painted into a ``(H, W)`` map, rank-normalised to [0, 1] (mean where
     tiles overlap, NaN where no tile lies) so a few hot spots stay readable."""
     ranks = np.argsort(np.argsort(scores)) / max(len(scores) - 1, 1)
-    total = np.zeros(size_hw)
-    count = np.zeros(size_hw)
-    for (x0, y0, x1, y1), r in zip(coords, ranks, strict=True):
-        total[y0:y1, x0:x1] += r
-        count[y0:y1, x0:x1] += 1
-    with np.errstate(invalid="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return paint_tiles(size_hw, coords, ranks)
 
 
 def plot_attention_examples(

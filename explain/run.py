@@ -1,0 +1,300 @@
+"""Explain a run folder's test photos: maps, suspect cells, faithfulness, then one summary.
+
+Per photo, every method's results go into ``RUN/explain/maps/<photo>.npz`` (written
+atomically; a rerun skips what is there with the same settings, so a long job resumes)
+and one overlay PNG into ``RUN/explain/overlays/``. :func:`summarise` pools the photos
+into ``RUN/localization.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from explain.attributions import (
+    AttributionSettings,
+    attribute_tiles,
+    list_methods,
+    photo_input,
+)
+from explain.detect import Detections, detect_cells, find_nuclei
+from explain.faithfulness import faithfulness
+from explain.froc import froc_sensitivity
+from explain.maps import downsample, pixel_heatmap, save_overlay, tile_heatmap
+from mil_cyto.checkpoint import load_model
+from mil_cyto.data.images import load_rgb
+from mil_cyto.data.manifest import ManifestRow, read_manifest
+from mil_cyto.data.tiling import TilingConfig, tile_photo
+from mil_cyto.errors import MilCytoError
+from mil_cyto.io import atomic_path, write_json
+from mil_cyto.labels import GRADES
+from mil_cyto.localization import localization_metrics, read_cell_boxes
+from mil_cyto.models.mil_model import MILModel
+from mil_cyto.training import resolve_device
+
+TARGET_RULES = ("abnormal", "pred", "label")
+DETECTOR = "peaks-to-LoG-nuclei/2"  # bump when detection changes: stored results are redone
+FAITH_KEYS = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc")
+
+
+@dataclass
+class ExplainConfig:
+    """``target``: the class explained per photo: ``abnormal`` the abnormal grade the model
+    finds likelier (label-free, one rule for every photo, so detections pool across
+    photos), ``pred`` the predicted grade, ``label`` the true grade. ``map_scale``: stored
+    maps are block means over this many pixels."""
+
+    methods: tuple[str, ...] = tuple(list_methods())
+    max_images: int | None = None
+    target: str = "abnormal"
+    norm: str = "rank"
+    map_scale: int = 4
+    max_detections: int = 30
+    overlays: bool = True
+    settings: AttributionSettings = field(default_factory=AttributionSettings)
+
+    def fingerprint(self) -> str:
+        """What a stored result depends on (methods excluded: each is stored on its own)."""
+        keys = {"target": self.target, "map_scale": self.map_scale, "detector": DETECTOR}
+        keys["max_detections"] = self.max_detections
+        return json.dumps({**keys, "settings": asdict(self.settings)}, sort_keys=True)
+
+
+@dataclass
+class RunInputs:
+    """What a run folder provides: the model, the test photos, tiling, cell boxes."""
+
+    run_dir: Path
+    model: MILModel
+    rows: list[ManifestRow]
+    tiling: TilingConfig
+    boxes: dict[str, np.ndarray] | None
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise MilCytoError(f"{path} not found; is {path.parent} a finished training run?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise MilCytoError(f"{path} is not valid JSON ({err}); retrain or restore it") from None
+
+
+def load_run(run_dir: Path, device: torch.device | str = "cpu") -> RunInputs:
+    """The trained model, the test photos (in ``splits.json`` order) and the atypical cell
+    boxes (``config.cells`` or ``DATA/cells.csv``; None when there are none)."""
+    run_dir = Path(run_dir)
+    config = _read_json(run_dir / "config.json")
+    test_ids = _read_json(run_dir / "splits.json").get("test", [])
+    model, recipe = load_model(run_dir)
+    model.to(device)
+    data = Path(config.get("data_resolved") or config.get("data") or "")
+    manifest = data / "manifest.csv"
+    if not manifest.is_file():
+        raise MilCytoError(
+            f"{run_dir / 'config.json'} points at data {data}, which has no manifest.csv; "
+            "restore the data folder or fix data_resolved"
+        )
+    rows = read_manifest(manifest, label_column=config.get("label_column"))
+    by_id = {r.image_id: r for r in rows}
+    missing = [i for i in test_ids if i not in by_id]
+    if missing:
+        raise MilCytoError(f"test photos {missing[:3]} of splits.json are not in {manifest}")
+    tiling_keys = {**config, **(recipe.get("tiling") or {})}
+    try:
+        tiling = TilingConfig(
+            int(tiling_keys["tile_size"]),
+            int(tiling_keys["stride"]),
+            float(tiling_keys.get("min_tissue", TilingConfig.min_tissue)),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise MilCytoError(
+            f"{run_dir}: no usable tiling ({err}) in model.json or config.json; "
+            "use the files the training run wrote"
+        ) from None
+    cells = Path(config["cells"]) if config.get("cells") else data / "cells.csv"
+    boxes = read_cell_boxes(cells) if cells.is_file() else None
+    return RunInputs(run_dir, model, [by_id[i] for i in test_ids], tiling, boxes)
+
+
+def choose_target(probs: np.ndarray, label: int, rule: str) -> int:
+    """The class to explain for one photo (see :class:`ExplainConfig`)."""
+    if rule == "abnormal":
+        return 1 + int(np.argmax(probs[1:]))
+    if rule == "pred":
+        return int(np.argmax(probs))
+    if rule == "label":
+        return int(label)
+    raise MilCytoError(f"target rule {rule!r}: use one of {', '.join(TARGET_RULES)}")
+
+
+def safe_name(image_id: str) -> str:
+    """A file name for a photo id (path separators and odd characters become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._") or "photo"
+
+
+def _stored(path: Path, fingerprint: str) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored = {k: data[k] for k in data.files}
+    except (OSError, ValueError):
+        return {}  # a damaged file is recomputed
+    return stored if str(stored.get("fingerprint", "")) == fingerprint else {}
+
+
+def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) -> dict[str, Any]:
+    """Every requested method on one photo; reuses and extends its stored results."""
+    out_dir = inputs.run_dir / "explain"
+    npz = out_dir / "maps" / f"{safe_name(row.image_id)}.npz"
+    result = _stored(npz, config.fingerprint())
+    todo = [m for m in config.methods if f"{m}.tile" not in result]
+    overlay = out_dir / "overlays" / f"{safe_name(row.image_id)}.png"
+    if not todo and (overlay.is_file() or not config.overlays):
+        return result
+    photo = load_rgb(row.image, hint=f"test photo {row.image_id!r}")
+    tiles, coords = tile_photo(photo, inputs.tiling, name=str(row.image))
+    size = photo.shape[:2]
+    model = inputs.model
+    prepared = photo_input(model, tiles)
+    with torch.no_grad():
+        probs = torch.softmax(model.aggregator(prepared.features[None]).logits[0], 0)
+    probs_np = probs.cpu().numpy()
+    target = choose_target(probs_np, row.label, config.target)
+    clock = time.process_time()
+    nuclei = find_nuclei(photo)
+    result.update(
+        fingerprint=np.array(config.fingerprint()),
+        image=np.array(row.image_id),
+        label=np.array(row.label),
+        target=np.array(target),
+        probs=probs_np.astype(np.float32),
+        coords=coords.astype(np.int32),
+        size_hw=np.array(size),
+        nuclei_cpu_s=np.array(time.process_time() - clock),
+    )
+    tile = inputs.tiling.tile_size
+    panels = []
+    for method in config.methods:
+        clock = time.process_time()
+        attr = attribute_tiles(model, prepared, method, target, config.settings)
+        cpu = time.process_time() - clock
+        if attr.pixel is not None:
+            heat, sigma, local = pixel_heatmap(size, coords, attr.pixel), 4.0, 4.0
+        else:  # constant per tile: peaks at tile centres, nuclei tie within a tile
+            heat, sigma, local = tile_heatmap(size, coords, attr.tile), tile / 4, 0.0
+        dets = detect_cells(
+            heat,
+            nuclei,
+            sigma=sigma,
+            radius=tile / 3,
+            local_sigma=local,
+            max_detections=config.max_detections,
+        )
+        faith = faithfulness(model, prepared.features, attr.tile, target)
+        result[f"{method}.tile"] = attr.tile
+        result[f"{method}.map"] = downsample(heat, config.map_scale)
+        result[f"{method}.detections"] = dets.to_array()
+        result[f"{method}.cpu_s"] = np.array(cpu)
+        result[f"{method}.faithfulness"] = np.array([faith[k] for k in FAITH_KEYS])
+        panels.append((method, heat, dets.boxes[:5]))
+    _save_npz(npz, result)
+    if config.overlays:
+        truth = (inputs.boxes or {}).get(row.image_id)
+        title = (
+            f"{row.image_id}: true {GRADES[row.label]}, "
+            + ", ".join(f"p {g} {p:.2f}" for g, p in zip(GRADES, probs_np, strict=True))
+            + f"; explaining {GRADES[target]}"
+        )
+        save_overlay(overlay, photo, panels, truth, title=title, how=config.norm)
+    return result
+
+
+def _save_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """``np.savez_compressed`` written atomically (through an open handle, so no ``.npz``
+    suffix is appended to the temporary name)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def summarise(
+    results: Sequence[dict[str, Any]], boxes: dict[str, np.ndarray] | None, methods: Sequence[str]
+) -> dict[str, Any]:
+    """One entry per method: localization (instance AUROC, pointing game, FROC), deletion /
+    insertion AUCs against random orders (abnormal photos), CPU seconds per photo."""
+    images = [str(r["image"]) for r in results]
+    abnormal = [str(r["image"]) for r in results if int(r["label"]) > 0]
+    coords = {str(r["image"]): r["coords"] for r in results}
+    out: dict[str, Any] = {}
+    for m in methods:
+        entry: dict[str, Any] = {}
+        scores = {str(r["image"]): r[f"{m}.tile"] for r in results}
+        if boxes is not None:
+            loc = localization_metrics(coords, scores, boxes, abnormal)
+            entry["instance_auroc"] = loc["instance_auroc"]
+            entry["pointing_game"] = loc["pointing_game"]
+            dets = {str(r["image"]): Detections.from_array(r[f"{m}.detections"]) for r in results}
+            entry["froc"] = froc_sensitivity(dets, boxes, images)
+        else:
+            entry.update(instance_auroc=None, pointing_game=None, froc=None)
+        faith = np.array([r[f"{m}.faithfulness"] for r in results if int(r["label"]) > 0])
+        for i, key in enumerate(FAITH_KEYS):
+            entry[key] = _mean(faith[:, i]) if len(faith) else None
+        entry["cpu_seconds_per_photo"] = _mean([float(r[f"{m}.cpu_s"]) for r in results])
+        out[m] = entry
+    return out
+
+
+def explain_run(
+    run_dir: Path, config: ExplainConfig, *, device: str = "cpu", progress: bool = True
+) -> dict[str, Any]:
+    """Explain the run's test photos and write ``RUN/localization.json``; returns it."""
+    unknown = sorted(set(config.methods) - set(list_methods()))
+    if unknown:
+        raise MilCytoError(f"unknown methods {unknown}; available: {', '.join(list_methods())}")
+    if config.target not in TARGET_RULES:
+        raise MilCytoError(f"--target {config.target!r}: use one of {', '.join(TARGET_RULES)}")
+    inputs = load_run(run_dir, resolve_device(device))
+    rows = inputs.rows[: config.max_images] if config.max_images else inputs.rows
+    if not rows:
+        raise MilCytoError(f"{Path(run_dir) / 'splits.json'} lists no test photos to explain")
+    results = [
+        explain_photo(inputs, row, config)
+        for row in tqdm(rows, desc="explaining", unit="photo", disable=not progress)
+    ]
+    summary = {
+        "run": str(run_dir),
+        "n_photos": len(results),
+        "n_abnormal_photos": sum(int(r["label"]) > 0 for r in results),
+        "target": config.target,
+        "cell_annotations": inputs.boxes is not None,
+        "nucleus_detector_cpu_seconds_per_photo": _mean(
+            [float(r["nuclei_cpu_s"]) for r in results]
+        ),
+        "settings": asdict(config.settings),
+        "conventions": {
+            "froc": "sensitivity for atypical cells at N false positives per photo; a hit is a "
+            "detection point inside an annotated atypical cell box (CAMELYON16)",
+            "faithfulness": "AUC of the target probability vs fraction of tiles deleted / "
+            "inserted in the map's order, mean over abnormal photos; random = mean of "
+            "5 seeds",
+            "cpu_seconds_per_photo": "process CPU time of the method alone (all threads)",
+        },
+        "methods": summarise(results, inputs.boxes, config.methods),
+    }
+    write_json(Path(run_dir) / "localization.json", summary)
+    return summary
