@@ -30,6 +30,7 @@ class TrainConfig:
     aggregator: str = "gated_abmil"
     aggregator_kwargs: dict[str, Any] | None = None
     bag_norm: bool = True  # standardise tile features within each photo before the head
+    instance_attention: bool = False  # attention logits = the tiles' ordinal instance logits
     tile_size: int = 96
     stride: int = 96
     min_tissue: float = 0.05
@@ -38,7 +39,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     class_weights: bool = True
-    instance_loss_weight: float = 1.0  # ordinal max-instance loss beside the bag loss
+    instance_loss_weight: float = 1.0  # ordinal instance loss beside the bag loss
+    instance_loss: str = "max"  # max | propagate (mil_cyto.training.ordinal_instance_loss)
     augment: bool = True
     seed: int = 0
     split_seed: int = 0
@@ -80,6 +82,8 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> T
     config = TrainConfig(**merged)
     if config.mode not in ("finetune", "frozen"):
         raise MilCytoError(f"--mode {config.mode!r}: use finetune or frozen")
+    if config.instance_loss not in ("max", "propagate"):
+        raise MilCytoError(f"--instance-loss {config.instance_loss!r}: use max or propagate")
     if config.epochs < 1 or config.batch_bags < 1:
         raise MilCytoError("--epochs and --batch-bags must be >= 1")
     return config

@@ -143,7 +143,11 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         config.encoder, config.weights, config.weights_cache, config.encoder_kwargs or {}
     )
     encoder = create_encoder(spec)
-    aggregator_kwargs = {"bag_norm": config.bag_norm, **(config.aggregator_kwargs or {})}
+    aggregator_kwargs = {
+        "bag_norm": config.bag_norm,
+        "instance_attention": config.instance_attention,
+        **(config.aggregator_kwargs or {}),
+    }
     aggregator = create_aggregator(
         config.aggregator, in_dim=encoder.out_dim, n_classes=len(GRADES), **aggregator_kwargs
     )
@@ -168,6 +172,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         augment=config.augment,
         seed=config.seed,
         instance_loss_weight=config.instance_loss_weight,
+        instance_loss=config.instance_loss,
         resume_dir=str(run_dir / RESUME_DIR),  # a killed run, rerun with the same --out, resumes
     )
     train_bags = [bags[i] for i in split.train]
@@ -264,6 +269,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--features", help="bag store path in frozen mode (default: RUN/features.h5)")
     add("--aggregator", help=f"MIL head: abmil or gated_abmil ({d.aggregator})")
+    add(
+        "--bag-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="standardise tile features within each photo (default on)",
+    )
+    add(
+        "--instance-attention",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"attention from the per-tile grade logits ({d.instance_attention})",
+    )
+    add(
+        "--instance-loss",
+        choices=["max", "propagate"],
+        help=f"per-tile MIL loss on abnormal photos ({d.instance_loss})",
+    )
+    add("--instance-loss-weight", type=float, help=f"its weight ({d.instance_loss_weight})")
     add("--tile-size", type=int, help=f"tile side in pixels ({d.tile_size})")
     add("--stride", type=int, help=f"grid stride in pixels ({d.stride})")
     add("--min-tissue", type=float, help=f"minimum tissue share of a kept tile ({d.min_tissue})")

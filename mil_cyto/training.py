@@ -26,6 +26,8 @@ from mil_cyto.metrics import classification_metrics
 from mil_cyto.models.aggregators import MILOutput
 from mil_cyto.models.mil_model import MILModel, pad_bags
 
+INSTANCE_LOSSES = ("max", "propagate")
+
 
 @dataclass
 class FeatureBag:
@@ -52,6 +54,7 @@ class FitConfig:
     augment: bool = True
     seed: int = 0
     instance_loss_weight: float = 0.0
+    instance_loss: str = "max"  # max | propagate (see ordinal_instance_loss)
     resume_dir: str | None = None  # per-epoch checkpoint folder (mil_cyto.resume); None: off
 
 
@@ -154,15 +157,21 @@ def predict(
     )
 
 
-def ordinal_instance_loss(out: MILOutput, target: torch.Tensor) -> torch.Tensor:
+def ordinal_instance_loss(out: MILOutput, target: torch.Tensor, mode: str = "max") -> torch.Tensor:
     """Ordinal multiple-instance loss on per-tile logits "grade >= k" (k = 1 .. C - 1).
 
-    It uses only the MIL assumption (a photo's grade is the highest grade among its cells):
-    in a photo graded below k every tile is certainly below k, so all its tiles are pushed
-    down; in a photo graded k or higher at least one tile is, so its top-scoring tile is
-    pushed up. Normal photos thus teach the encoder what unremarkable tiles look like, which
-    a bag-level loss alone conveys only through 1/N of its gradient.
+    Both modes use only the MIL assumption (a photo's grade is the highest grade among its
+    cells): in a photo graded below k every tile is certainly below k, so all its tiles are
+    pushed down. They differ on photos graded k or higher:
+
+    - ``max``: at least one tile is >= k, so the top-scoring tile is pushed up (mi-SVM style);
+    - ``propagate``: every tile inherits the photo's label (a noisy label). The optimum of this
+      loss is each tile's P(photo >= k | tile), which ranks tiles seen only in photos >= k
+      (the atypical cells) above tiles seen everywhere, and cannot lock onto one arbitrary
+      tile per photo the way ``max`` can when the encoder memorises its training photos.
     """
+    if mode not in INSTANCE_LOSSES:
+        raise ValueError(f"instance loss {mode!r}: use one of {INSTANCE_LOSSES}")
     logits = out.instance_logits
     assert logits is not None
     mask = (
@@ -175,9 +184,12 @@ def ordinal_instance_loss(out: MILOutput, target: torch.Tensor) -> torch.Tensor:
     for k in range(logits.shape[2]):
         z = logits[..., k]
         positive = target > k  # the photo holds a tile of grade >= k + 1
-        if positive.any():
+        if positive.any() and mode == "max":
             top = z[positive].masked_fill(~mask[positive], float("-inf")).amax(dim=1)
             losses.append(F.binary_cross_entropy_with_logits(top, torch.ones_like(top)))
+        elif positive.any():
+            pos = z[positive][mask[positive]]
+            losses.append(F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)))
         if (~positive).any():
             neg = z[~positive][mask[~positive]]
             losses.append(F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
@@ -256,7 +268,9 @@ def fit(
             out = _forward(model, batch, device, generator if config.augment else None)
             loss = F.cross_entropy(out.logits.float(), target, weight=weight)
             if out.instance_logits is not None and config.instance_loss_weight > 0:
-                loss = loss + config.instance_loss_weight * ordinal_instance_loss(out, target)
+                loss = loss + config.instance_loss_weight * ordinal_instance_loss(
+                    out, target, config.instance_loss
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -35,24 +35,26 @@ AGGREGATORS: Registry[nn.Module] = Registry("aggregator")
 
 
 def standardise_within_bag(
-    x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-5
+    x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-2
 ) -> torch.Tensor:
-    """Each feature minus its mean over the bag's real tiles, over their std: ``(B, N, D)``.
+    """Each feature minus its median over the bag's real tiles, over their median absolute
+    deviation (x 1.4826, a robust standard deviation): ``(B, N, D)``, zero on padding.
 
     A photo's stain, focus and illumination shift every tile alike; atypical cells are the
-    outliers within their photo. Standardising within the bag hides the first (a shortcut
-    that memorises patients) and keeps the second.
+    outliers within their photo. Robust statistics hide the first (a shortcut that memorises
+    patients) and keep the second: a mean and variance would be pulled by the very outliers
+    that matter, shrinking every other tile of an abnormal photo, a photo-level cue the head
+    learns instead of the cells (it ranked atypical tiles below the rest).
     """
     if mask is None:
-        mean = x.mean(dim=1, keepdim=True)
-        var = x.var(dim=1, keepdim=True, unbiased=False)
-    else:
-        m = mask[..., None].to(x.dtype)
-        n = m.sum(dim=1, keepdim=True).clamp_min(1.0)
-        mean = (x * m).sum(dim=1, keepdim=True) / n
-        var = (((x - mean) * m) ** 2).sum(dim=1, keepdim=True) / n
-    out = (x - mean) / torch.sqrt(var + eps)
-    return out if mask is None else out * mask[..., None].to(x.dtype)
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    real = mask[..., None]
+    masked = x.masked_fill(~real, float("nan"))
+    median = masked.nanmedian(dim=1, keepdim=True).values
+    mad = (masked - median).abs().nanmedian(dim=1, keepdim=True).values
+    scale = torch.sqrt((1.4826 * mad) ** 2 + eps)
+    out = (x - torch.nan_to_num(median)) / torch.nan_to_num(scale, nan=1.0)
+    return out.masked_fill(~real, 0.0)
 
 
 class AttentionMIL(nn.Module):
@@ -79,9 +81,13 @@ class AttentionMIL(nn.Module):
         dropout: float = 0.1,
         instance_head: bool = True,
         bag_norm: bool = False,
+        instance_attention: bool = False,
     ) -> None:
         super().__init__()
+        if instance_attention and not instance_head:
+            raise ValueError("instance_attention needs instance_head=True")
         self.bag_norm = bag_norm
+        self.instance_attention = instance_attention
         self.project = nn.Sequential(
             nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout)
         )
@@ -99,6 +105,10 @@ class AttentionMIL(nn.Module):
         if self.attention_u is not None:
             gate = gate * torch.sigmoid(self.attention_u(h))
         scores = self.attention_w(gate).squeeze(-1)  # (B, N)
+        instance = self.instance_head(h) if self.instance_head is not None else None
+        if self.instance_attention:
+            assert instance is not None
+            scores = instance.sum(dim=-1)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         attention = torch.softmax(scores, dim=1)
@@ -106,7 +116,6 @@ class AttentionMIL(nn.Module):
         pooled = torch.bmm(attention.unsqueeze(1), h).squeeze(1)  # (B, H)
         if mask is not None:
             scores = scores.masked_fill(~mask, 0.0)
-        instance = self.instance_head(h) if self.instance_head is not None else None
         return MILOutput(self.classifier(pooled), attention, scores, instance, mask)
 
 
