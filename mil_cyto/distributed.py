@@ -8,7 +8,8 @@ for one process. Backends: NCCL on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -77,6 +78,17 @@ def init_distributed(
 def barrier(ctx: DistContext) -> None:
     if ctx.is_distributed and dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def main_first(ctx: DistContext) -> Iterator[None]:
+    """Rank 0 runs the block first (building a cache, a store); the others wait, then run it
+    (finding the cache)."""
+    if not ctx.is_main:
+        barrier(ctx)
+    yield
+    if ctx.is_main:
+        barrier(ctx)
 
 
 def shutdown(ctx: DistContext) -> None:

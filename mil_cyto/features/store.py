@@ -137,7 +137,7 @@ def merge_stores(parts: Sequence[Path], out_path: Path) -> Path:
 
 def extract_to_store(
     rows: Sequence[ManifestRow],
-    encoder: TileEncoder,
+    encoder: TileEncoder | EncoderRunner,
     out_path: Path,
     *,
     tiling: TilingConfig,
@@ -153,7 +153,8 @@ def extract_to_store(
 
     Tiles are batched across photos and decoded on a background thread (see
     :mod:`mil_cyto.features.extraction`); ``compile`` (``off``/``auto``/``on``) and ``amp``
-    (CUDA only) are passed to :class:`~mil_cyto.features.extraction.EncoderRunner`.
+    (CUDA only) are passed to :class:`~mil_cyto.features.extraction.EncoderRunner`; a
+    runner given as ``encoder`` (already compiled and warm) is used as it is.
     Returns ``out_path`` at once when it already holds these photos with this provenance.
     """
     out_path = Path(out_path)
@@ -168,7 +169,11 @@ def extract_to_store(
         done = handle["bags"]
         todo = [r for r in rows if not _is_complete(done, bag_key(r.image_id))]
         if todo:
-            runner = EncoderRunner(encoder, device, compile=compile, amp=amp)
+            runner = (
+                encoder
+                if isinstance(encoder, EncoderRunner)
+                else EncoderRunner(encoder, device, compile=compile, amp=amp)
+            )
             bar = tqdm(
                 total=len(rows),
                 initial=len(rows) - len(todo),
