@@ -216,6 +216,8 @@ class EncoderRunner:
     torch.compile when a compiler is available, eager (with a warning) if compiling fails.
     ``amp`` (CUDA only; default on there): fp16 autocast. On CPU the numbers match the plain
     eager encoder within float tolerance (compiling folds batch norm into the convolutions).
+    The compiled graph serves the first batch shape it sees (the full batch); any other shape
+    (the last, short batch) runs eager rather than paying a recompilation or padding.
     """
 
     def __init__(
@@ -239,6 +241,7 @@ class EncoderRunner:
         self.mode = compile
         self.compiled = False
         self._fn: Callable[[torch.Tensor], torch.Tensor] = self.encoder
+        self._shape: tuple[int, ...] | None = None
         if compile == "on" or (compile == "auto" and compiler_available(self.device)):
             self._fn = self._compile()
             self.compiled = True
@@ -255,9 +258,12 @@ class EncoderRunner:
     @torch.inference_mode()
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
         tiles = tiles.to(self.device, non_blocking=True)
+        if self._shape is None:
+            self._shape = tuple(tiles.shape)
+        fn = self._fn if tuple(tiles.shape) == self._shape else self.encoder
         try:
             with self._autocast():
-                out = self._fn(tiles)
+                out = fn(tiles)
         except Exception as err:
             if not self.compiled or self.mode == "on":
                 if self.compiled:
@@ -309,7 +315,7 @@ def embed_photos(
             left[index] = len(plan.coords)
 
     photos = prefetch_photos(rows, tiling, workers=workers, depth=prefetch, loader=loader)
-    batches = batch_tiles(photos, batch_size, pad=runner.compiled, on_plan=register)
+    batches = batch_tiles(photos, batch_size, on_plan=register)
     for batch in run_in_background(batches):
         out = runner(batch.tiles)[: batch.n_real].numpy()
         offset = 0
