@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,26 +119,36 @@ def shard_epoch(order: Sequence[int], ctx: DistContext) -> list[int]:
 
 class BagForward(nn.Module):
     """``MILModel``'s training forward as one ``forward`` (DDP hooks only ``forward``):
-    cached features ``(B, N, D)`` with their mask, or a list of uint8 tile bags."""
+    cached features ``(B, N, D)`` with their mask, or a list of uint8 tile bags.
 
-    def __init__(self, model: nn.Module) -> None:
+    ``instance_outputs=False`` drops ``instance_logits`` from the output, so that DDP sees the
+    instance head as unused (rather than waiting forever for its gradients) when no loss
+    reads it."""
+
+    def __init__(self, model: nn.Module, instance_outputs: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.instance_outputs = instance_outputs
 
     def forward(self, inputs: Any, mask: torch.Tensor | None = None, chunk: int = 0) -> Any:
         if self.model.encoder is None:
-            return self.model(inputs, mask)
-        return self.model.forward_tiles(inputs, chunk=chunk)
+            out = self.model(inputs, mask)
+        else:
+            out = self.model.forward_tiles(inputs, chunk=chunk)
+        return out if self.instance_outputs else replace(out, instance_logits=None)
 
 
-def ddp_forward(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module | None:
+def ddp_forward(
+    model: nn.Module, ctx: DistContext, device: torch.device, *, instance_outputs: bool = True
+) -> nn.Module | None:
     """A DistributedDataParallel wrapper of :class:`BagForward` (None for one process).
 
-    ``find_unused_parameters`` is on: the instance head is idle when its loss weight is 0.
+    Parameters that no output reaches (an instance head without its loss) are found and
+    skipped each step (``find_unused_parameters``).
     """
     if not ctx.is_distributed:
         return None
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(
-        BagForward(model), device_ids=ids, find_unused_parameters=True
+        BagForward(model, instance_outputs), device_ids=ids, find_unused_parameters=True
     )

@@ -212,7 +212,7 @@ def fit(
     model.to(device)
     generator = torch.Generator().manual_seed(config.seed)
     ctx = dist_ctx or DistContext()
-    runner = ddp_forward(model, ctx, device)
+    runner = ddp_forward(model, ctx, device, instance_outputs=config.instance_loss_weight > 0)
     # one order for all ranks; each rank its own augmentation stream
     order_gen = torch.Generator().manual_seed(config.seed) if runner else generator
     aug_gen = torch.Generator().manual_seed(config.seed + 7919 * ctx.rank) if runner else generator
