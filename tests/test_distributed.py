@@ -176,4 +176,8 @@ def test_ddp_fit_on_two_ranks_matches_one_process(tmp_path: Path) -> None:
     a, b = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
     assert a.keys() == b.keys()
     for key in a:
+        if key == "aggregator.attention_w.bias":
+            # softmax ignores a shift: this bias's gradient is 0 up to rounding, and Adam
+            # turns rounding noise into full lr-sized steps, differently in each run
+            continue
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
