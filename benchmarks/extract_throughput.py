@@ -133,7 +133,8 @@ def main() -> None:
     print(
         "max |package - eager| feature difference: "
         f"{np.abs(package_feats - eager_feats.numpy()).max():.2e}; "
-        f"|raw - eager|: {(raw_feats - eager_feats).abs().max().item():.2e}"
+        f"|raw - eager|: {(raw_feats - eager_feats).abs().max().item():.2e} "
+        f"(features up to {eager_feats.abs().max().item():.2e})"
     )
     result = {
         "model": args.model,
