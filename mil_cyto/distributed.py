@@ -143,12 +143,14 @@ def ddp_forward(
 ) -> nn.Module | None:
     """A DistributedDataParallel wrapper of :class:`BagForward` (None for one process).
 
-    Parameters that no output reaches (an instance head without its loss) are found and
-    skipped each step (``find_unused_parameters``).
+    Without instance outputs, the idle instance head is found and skipped each step
+    (``find_unused_parameters``, only then: it costs a graph traversal per step).
     """
     if not ctx.is_distributed:
         return None
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(
-        BagForward(model, instance_outputs), device_ids=ids, find_unused_parameters=True
+        BagForward(model, instance_outputs),
+        device_ids=ids,
+        find_unused_parameters=not instance_outputs,
     )
