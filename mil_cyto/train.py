@@ -26,6 +26,7 @@ from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow, read_manifest
 from mil_cyto.data.splits import fixed_split, train_val_test_split
 from mil_cyto.data.tiling import TilingConfig
+from mil_cyto.distributed import context_from_env, init_distributed, main_first, shutdown
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.features import BagStore, extract_to_store
@@ -115,10 +116,12 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    device = resolve_device(config.device)
+    ctx, device = init_distributed(resolve_device(config.device))  # torchrun: DDP training
+    progress = progress and ctx.is_main
     run_dir = _run_dir(config)
 
-    data_dir = resolve_data(config, progress)
+    with main_first(ctx):
+        data_dir = resolve_data(config, progress)
     timing["data (build or reuse)"] = time.perf_counter() - clock
     rows = read_manifest(data_dir / "manifest.csv", label_column=config.label_column)
     cells_path = Path(config.cells) if config.cells else data_dir / "cells.csv"
@@ -129,14 +132,15 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
             [r.label for r in rows], [r.patient_id for r in rows], seed=config.split_seed
         )
     resolved = {**config.to_dict(), "data_resolved": str(data_dir), "mil_cyto_version": __version__}
-    write_json(run_dir / "config.json", resolved)
-    write_json(
-        run_dir / "splits.json",
-        {
-            name: [rows[i].image_id for i in getattr(split, name)]
-            for name in ("train", "val", "test")
-        },
-    )
+    if ctx.is_main:
+        write_json(run_dir / "config.json", resolved)
+        write_json(
+            run_dir / "splits.json",
+            {
+                name: [rows[i].image_id for i in getattr(split, name)]
+                for name in ("train", "val", "test")
+            },
+        )
 
     tiling = TilingConfig(config.tile_size, config.stride, config.min_tissue)
     spec = EncoderSpec(
@@ -159,7 +163,8 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     else:
         for p in encoder.parameters():
             p.requires_grad_(False)
-        bags = _feature_bags(rows, encoder, config, run_dir, tiling, device, progress)
+        with main_first(ctx):
+            bags = _feature_bags(rows, encoder, config, run_dir, tiling, device, progress)
         model = MILModel(None, aggregator)
         timing["feature extraction"] = time.perf_counter() - step
 
@@ -177,8 +182,10 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     )
     train_bags = [bags[i] for i in split.train]
     val_bags = [bags[i] for i in split.val]
-    result = fit(model, train_bags, val_bags, fit_config, device, progress=progress)
+    result = fit(model, train_bags, val_bags, fit_config, device, progress=progress, dist_ctx=ctx)
     timing["training"] = result.seconds
+    if not ctx.is_main:  # rank 0 alone tests and writes the run folder
+        return run_dir, {}
 
     step = time.perf_counter()
     test_rows = [rows[i] for i in split.test]
@@ -339,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     except MilCytoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(summary(run_dir, metrics))
+    finally:
+        shutdown(context_from_env())
+    if metrics:
+        print(summary(run_dir, metrics))
     return 0
 
 

@@ -21,6 +21,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
 from mil_cyto import resume
+from mil_cyto.distributed import DistContext, ddp_forward, shard_epoch
 from mil_cyto.labels import GRADES
 from mil_cyto.metrics import classification_metrics
 from mil_cyto.models.aggregators import MILOutput
@@ -116,14 +117,18 @@ def _forward(
     device: torch.device,
     generator: torch.Generator | None = None,
     chunk: int = 0,
+    runner: torch.nn.Module | None = None,
 ) -> MILOutput:
+    """``runner``: a DDP-wrapped ``distributed.BagForward`` of ``model`` under torchrun."""
     if model.encoder is None:
         feats = [torch.from_numpy(b.features).to(device) for b in bags]
         padded, mask = pad_bags(feats)
-        return model(padded, mask)
+        return runner(padded, mask) if runner is not None else model(padded, mask)
     tiles = [torch.from_numpy(b.tiles).to(device) for b in bags]
     if generator is not None:
         tiles = [_augment(t, generator) for t in tiles]
+    if runner is not None:
+        return runner(tiles, chunk=chunk)
     return model.forward_tiles(tiles, chunk=chunk)
 
 
@@ -209,15 +214,23 @@ def fit(
     device: torch.device,
     *,
     progress: bool = True,
+    dist_ctx: DistContext | None = None,
 ) -> FitResult:
     """Train with AdamW and a cosine schedule; keep the weights of the best validation epoch.
 
     Selection uses the validation split only (macro sensitivity, ties broken by loss); the
     test split is never seen here. On return ``model`` holds the best epoch's weights.
+    Under torchrun (``dist_ctx`` with several ranks) the model trains as DDP: each rank takes
+    every world-size-th photo of the epoch's common order and gradients are averaged.
     """
     start = time.perf_counter()
     model.to(device)
     generator = torch.Generator().manual_seed(config.seed)
+    ctx = dist_ctx or DistContext()
+    runner = ddp_forward(model, ctx, device, instance_outputs=config.instance_loss_weight > 0)
+    # one order for all ranks; each rank its own augmentation stream
+    order_gen = torch.Generator().manual_seed(config.seed) if runner else generator
+    aug_gen = torch.Generator().manual_seed(config.seed + 7919 * ctx.rank) if runner else generator
     labels = np.array([b.label for b in train_bags])
     weight = None
     if config.class_weights:
@@ -228,7 +241,8 @@ def fit(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    steps_per_epoch = int(np.ceil(len(train_bags) / config.batch_bags))
+    per_rank = len(shard_epoch(range(len(train_bags)), ctx))
+    steps_per_epoch = int(np.ceil(per_rank / config.batch_bags))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=config.lr,
@@ -239,7 +253,8 @@ def fit(
     best_key: tuple[float, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     first = 0
-    if config.resume_dir:  # continue a killed run from its last finished epoch
+    resume_dir = config.resume_dir if not ctx.is_distributed else None  # single process only
+    if resume_dir:  # continue a killed run from its last finished epoch
         run_id = resume.fit_fingerprint(
             config,
             model,
@@ -247,7 +262,7 @@ def fit(
             [b.image_id for b in val_bags],
         )
         restored = resume.restore_fit(
-            Path(config.resume_dir), run_id, model, optimizer, scheduler, generator
+            Path(resume_dir), run_id, model, optimizer, scheduler, generator
         )
         if restored is not None:
             first, result.best_epoch, result.history = (
@@ -260,12 +275,12 @@ def fit(
     epochs = tqdm(range(first, config.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in epochs:
         model.train()
-        order = torch.randperm(len(train_bags), generator=generator).tolist()
+        order = shard_epoch(torch.randperm(len(train_bags), generator=order_gen).tolist(), ctx)
         total, seen = 0.0, 0
         for i in range(0, len(order), config.batch_bags):
             batch = [train_bags[j] for j in order[i : i + config.batch_bags]]
             target = torch.tensor([b.label for b in batch], device=device)
-            out = _forward(model, batch, device, generator if config.augment else None)
+            out = _forward(model, batch, device, aug_gen if config.augment else None, runner=runner)
             loss = F.cross_entropy(out.logits.float(), target, weight=weight)
             if out.instance_logits is not None and config.instance_loss_weight > 0:
                 loss = loss + config.instance_loss_weight * ordinal_instance_loss(
@@ -292,10 +307,10 @@ def fit(
             best_key, result.best_epoch = key, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
         epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
-        if config.resume_dir:
+        if resume_dir:
             best = (best_key, result.best_epoch, best_state)
             resume.snapshot_fit(
-                Path(config.resume_dir),
+                Path(resume_dir),
                 run_id,
                 epoch + 1,
                 model,

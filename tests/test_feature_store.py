@@ -21,7 +21,7 @@ from mil_cyto.features import BagStore, extract_to_store
 
 TILING = TilingConfig(tile_size=32, stride=32, min_tissue=0.05)
 PROVENANCE = {"encoder": {"name": "smallcnn", "kwargs": {"width": 4, "out_dim": 8}}}
-_REAL_LOAD_BAG = store_module.load_bag
+_REAL_LOAD = store_module.load_photo
 IMAGES = ("p0.png", "p1.png", "sub/p2.png", "p3.png", "p4.png")
 
 
@@ -53,7 +53,7 @@ def _extract(rows: list[ManifestRow], encoder: TileEncoder, out: Path, **kw) -> 
 
 
 def _count_loads(monkeypatch: pytest.MonkeyPatch, fail_on: str | None = None) -> list[str]:
-    """Wrap the store's load_bag: record image ids, optionally crash on one photo."""
+    """Wrap the store's photo loader: record image ids, optionally crash on one photo."""
     calls: list[str] = []
     lock = threading.Lock()
 
@@ -62,9 +62,9 @@ def _count_loads(monkeypatch: pytest.MonkeyPatch, fail_on: str | None = None) ->
             calls.append(row.image_id)
         if row.image_id == fail_on:
             raise RuntimeError("simulated crash while tiling")
-        return _REAL_LOAD_BAG(row, tiling)
+        return _REAL_LOAD(row, tiling)
 
-    monkeypatch.setattr(store_module, "load_bag", counting)
+    monkeypatch.setattr(store_module, "load_photo", counting)
     return calls
 
 

@@ -88,6 +88,13 @@ def tile_photo(
     Raises:
         MilCytoError: the photo is smaller than one tile, or no tile holds tissue.
     """
+    coords = tissue_coords(image, config, name=name)
+    return extract_tiles(image, coords), coords
+
+
+def tissue_coords(image: np.ndarray, config: TilingConfig, *, name: str = "image") -> np.ndarray:
+    """The boxes :func:`tile_photo` keeps, ``(N, 4)`` int32, without cutting the tiles (so a
+    large photo's tiles can be cut a batch at a time with :func:`extract_tiles`)."""
     height, width = image.shape[:2]
     if height < config.tile_size or width < config.tile_size:
         raise MilCytoError(
@@ -101,9 +108,7 @@ def tile_photo(
             f"{name}: no tile holds >= {config.min_tissue:.0%} tissue (empty bag); "
             "check the photo or lower --min-tissue"
         )
-    coords = coords[keep]
-    tiles = extract_tiles(image, coords)
-    return tiles, coords
+    return coords[keep]
 
 
 def extract_tiles(image: np.ndarray, coords: np.ndarray) -> np.ndarray:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mil_cyto.data.bags import Bag, load_bag
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
+from mil_cyto.features.extraction import EncoderRunner, PhotoFeatures, embed_photos, load_photo
+from mil_cyto.io import atomic_path
 
 
 def bag_key(image_id: str) -> str:
@@ -70,25 +69,6 @@ class BagStore:
         self.close()
 
 
-def _prefetch(
-    rows: Sequence[ManifestRow], tiling: TilingConfig, workers: int, depth: int = 4
-) -> Iterator[Bag]:
-    """Decode and tile photos on worker threads, at most ``depth`` ahead of the consumer."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque[Future[Bag]] = deque()
-        queue = iter(rows)
-        for row in queue:
-            pending.append(pool.submit(load_bag, row, tiling))
-            if len(pending) >= depth:
-                break
-        while pending:
-            bag = pending.popleft().result()
-            nxt = next(queue, None)
-            if nxt is not None:
-                pending.append(pool.submit(load_bag, nxt, tiling))
-            yield bag
-
-
 def _is_complete(bags: h5py.Group, key: str) -> bool:
     return key in bags and bool(bags[key].attrs.get("complete", False))
 
@@ -110,67 +90,119 @@ def _open_partial(partial: Path, provenance_json: str) -> h5py.File:
     return handle
 
 
-@torch.inference_mode()
+def store_matches(out_path: Path, rows: Sequence[ManifestRow], provenance: dict[str, Any]) -> bool:
+    """True when ``out_path`` is a finished store of these photos with this ``provenance``
+    (tiling included); False when it does not exist; a MilCytoError when it holds others."""
+    out_path = Path(out_path)
+    if not out_path.exists():
+        return False
+    with BagStore(out_path) as store:
+        same = _canonical(store.provenance) == _canonical(provenance)
+        if same and all(r.image_id in store for r in rows):
+            return True
+    raise MilCytoError(
+        f"{out_path} holds other features (different encoder, tiling or photos); "
+        "delete it or choose another --features path"
+    )
+
+
+def _canonical(provenance: dict[str, Any]) -> str:
+    return json.dumps(provenance, sort_keys=True)
+
+
+def merge_stores(parts: Sequence[Path], out_path: Path) -> Path:
+    """Join finished stores of disjoint photos (one per rank) into ``out_path``, atomically.
+
+    Every part must carry the same provenance; bag groups are copied as they are, so the
+    result reads exactly like a store written by one process.
+    """
+    out_path = Path(out_path)
+    provenance_json: str | None = None
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as merged:
+        bags = merged.create_group("bags")
+        for part in parts:
+            with h5py.File(part, "r") as source:
+                here = _canonical(json.loads(source.attrs.get("provenance", "{}")))
+                if provenance_json is None:
+                    provenance_json = here
+                    merged.attrs["provenance"] = here
+                elif here != provenance_json:
+                    raise MilCytoError(f"{part}: other provenance than {parts[0]}; re-extract")
+                for key in source["bags"]:
+                    if key in bags:
+                        raise MilCytoError(f"{part}: photo {key!r} is in two shards")
+                    source.copy(source["bags"][key], bags, name=key)
+    return out_path
+
+
 def extract_to_store(
     rows: Sequence[ManifestRow],
-    encoder: TileEncoder,
+    encoder: TileEncoder | EncoderRunner,
     out_path: Path,
     *,
     tiling: TilingConfig,
     provenance: dict[str, Any],
-    batch_size: int = 256,
+    batch_size: int = 64,
     device: torch.device | str = "cpu",
     workers: int = 2,
     progress: bool = True,
+    compile: str | bool = "off",
+    amp: bool | None = None,
 ) -> Path:
     """Embed every photo's tiles with a frozen encoder and write a bag store.
 
+    Tiles are batched across photos and decoded on a background thread (see
+    :mod:`mil_cyto.features.extraction`); ``compile`` (``off``/``auto``/``on``) and ``amp``
+    (CUDA only) are passed to :class:`~mil_cyto.features.extraction.EncoderRunner`; a
+    runner given as ``encoder`` (already compiled and warm) is used as it is.
     Returns ``out_path`` at once when it already holds these photos with this provenance.
     """
     out_path = Path(out_path)
     provenance = {**provenance, "tiling": vars(tiling)}
     provenance_json = json.dumps(provenance, sort_keys=True)
-    if out_path.exists():
-        with BagStore(out_path) as store:
-            same = json.dumps(store.provenance, sort_keys=True) == provenance_json
-            if same and all(r.image_id in store for r in rows):
-                return out_path
-        raise MilCytoError(
-            f"{out_path} holds other features (different encoder, tiling or photos); "
-            "delete it or choose another --features path"
-        )
+    if store_matches(out_path, rows, provenance):
+        return out_path
     partial = out_path.with_name(out_path.name + ".partial")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    encoder = encoder.to(device).eval()
     handle = _open_partial(partial, provenance_json)
     try:
         done = handle["bags"]
         todo = [r for r in rows if not _is_complete(done, bag_key(r.image_id))]
-        bar = tqdm(
-            total=len(rows),
-            initial=len(rows) - len(todo),
-            desc="extracting",
-            unit="photo",
-            disable=not progress,
-        )
-        for bag in _prefetch(todo, tiling, workers):
-            tiles = torch.from_numpy(bag.tiles)
-            feats = torch.cat(
-                [encoder(t.to(device)).float().cpu() for t in tiles.split(batch_size)]
+        if todo:
+            runner = (
+                encoder
+                if isinstance(encoder, EncoderRunner)
+                else EncoderRunner(encoder, device, compile=compile, amp=amp)
             )
-            key = bag_key(bag.image_id)
-            if key in handle["bags"]:
-                del handle["bags"][key]
-            group = handle["bags"].create_group(key)
-            group.create_dataset("features", data=feats.numpy())
-            group.create_dataset("coords", data=bag.coords)
-            group.attrs["image_id"] = bag.image_id
-            group.attrs["size"] = bag.size
-            group.attrs["complete"] = True
-            handle.flush()
-            bar.update(1)
-        bar.close()
+            bar = tqdm(
+                total=len(rows),
+                initial=len(rows) - len(todo),
+                desc="extracting",
+                unit="photo",
+                disable=not progress,
+            )
+            photos = embed_photos(
+                todo, runner, tiling, batch_size=batch_size, workers=workers, loader=load_photo
+            )
+            for photo in photos:
+                _write_bag(handle, photo)
+                bar.update(1)
+            bar.close()
     finally:
         handle.close()
     os.replace(partial, out_path)
     return out_path
+
+
+def _write_bag(handle: h5py.File, photo: PhotoFeatures) -> None:
+    """Write one photo's group; ``complete`` is set last, then the file is flushed."""
+    key = bag_key(photo.row.image_id)
+    if key in handle["bags"]:
+        del handle["bags"][key]
+    group = handle["bags"].create_group(key)
+    group.create_dataset("features", data=photo.features)
+    group.create_dataset("coords", data=photo.coords)
+    group.attrs["image_id"] = photo.row.image_id
+    group.attrs["size"] = photo.size
+    group.attrs["complete"] = True
+    handle.flush()

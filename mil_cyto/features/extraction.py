@@ -1,0 +1,332 @@
+"""Fast, memory-bounded tile embedding: photos -> per-photo ``(N, D)`` float32 features.
+
+The pipeline keeps the cores busy and the memory flat:
+
+- a background thread decodes photos (a small thread pool, a few photos ahead), finds their
+  tissue tiles and cuts them straight into fixed-size batches that span photos, so a photo
+  of ten tiles and one of twenty thousand both feed full batches;
+- tiles are cut as ``(B, T, T, 3)``, which viewed as ``(B, 3, T, T)`` is already channels-last
+  (no transposing copy before the convolutions);
+- the main thread runs the frozen encoder under ``torch.inference_mode``, optionally compiled
+  by ``torch.compile`` (Inductor, weights frozen as constants on CPU) with a clean fallback
+  to eager mode, and under fp16 autocast on CUDA only;
+- only the photo's features accumulate; tiles exist a few batches at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import shutil
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mil_cyto.data.images import load_rgb
+from mil_cyto.data.manifest import ManifestRow
+from mil_cyto.data.tiling import TilingConfig, tissue_coords
+from mil_cyto.encoders.base import TileEncoder
+from mil_cyto.errors import MilCytoError
+
+COMPILE_CHOICES = ("auto", "on", "off")
+
+
+@dataclass
+class PhotoPlan:
+    """A decoded photo and the boxes of its tissue tiles.
+
+    ``image`` ``(H, W, 3)`` uint8; ``coords`` ``(N, 4)`` int32 ``x0, y0, x1, y1`` pixels.
+    """
+
+    row: ManifestRow
+    image: np.ndarray
+    coords: np.ndarray
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+
+@dataclass
+class TileBatch:
+    """``tiles`` ``(B, 3, T, T)`` uint8 (channels-last strides); its first ``n_real`` rows are
+    real tiles, the rest padding. ``segments``: ``(photo_index, start, stop)`` per photo run,
+    in batch order, indexing that photo's ``coords``."""
+
+    tiles: torch.Tensor
+    n_real: int
+    segments: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+@dataclass
+class PhotoFeatures:
+    """One finished photo: its plan (image released) and ``features`` ``(N, D)`` float32."""
+
+    row: ManifestRow
+    coords: np.ndarray
+    size: tuple[int, int]
+    features: np.ndarray
+
+
+def load_photo(row: ManifestRow, tiling: TilingConfig) -> PhotoPlan:
+    """Decode one photo and find its tissue tiles (raises MilCytoError naming the file)."""
+    image = load_rgb(row.image, hint=f"manifest row {row.image_id!r}")
+    return PhotoPlan(row, image, tissue_coords(image, tiling, name=str(row.image)))
+
+
+def prefetch_photos(
+    rows: Sequence[ManifestRow],
+    tiling: TilingConfig,
+    *,
+    workers: int = 2,
+    depth: int = 3,
+    loader: Callable[[ManifestRow, TilingConfig], PhotoPlan] = load_photo,
+) -> Iterator[PhotoPlan]:
+    """Decode photos on ``workers`` threads, in row order, at most ``depth`` ahead."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque[Future[PhotoPlan]] = deque()
+        remaining = iter(rows)
+        for row in remaining:
+            pending.append(pool.submit(loader, row, tiling))
+            if len(pending) >= max(1, depth):
+                break
+        while pending:
+            plan = pending.popleft().result()
+            nxt = next(remaining, None)
+            if nxt is not None:
+                pending.append(pool.submit(loader, nxt, tiling))
+            yield plan
+
+
+def batch_tiles(
+    plans: Iterable[PhotoPlan],
+    batch_size: int,
+    *,
+    pad: bool = False,
+    on_plan: Callable[[int, PhotoPlan], None] | None = None,
+) -> Iterator[TileBatch]:
+    """Cut the photos' tiles into batches of ``batch_size`` that span photos.
+
+    ``pad`` fills the last batch with zero tiles so every batch has one shape (a compiled
+    forward then never recompiles). ``on_plan(index, plan)`` is called as each photo starts.
+    If reading a photo fails, the batch in progress is emitted first, then the error raised,
+    so every photo before the bad one is still embedded.
+    """
+    if batch_size < 1:
+        raise MilCytoError(f"batch size {batch_size} must be >= 1")
+    buf: np.ndarray | None = None
+    segments: list[tuple[int, int, int]] = []
+    filled = 0
+
+    def emit() -> TileBatch:
+        assert buf is not None
+        n = filled if not pad else batch_size
+        if pad:
+            buf[filled:] = 0
+        tiles = torch.from_numpy(buf[:n]).permute(0, 3, 1, 2)  # NHWC memory = channels-last
+        return TileBatch(tiles, filled, list(segments))
+
+    source = iter(enumerate(plans))
+    while True:
+        try:
+            item = next(source, None)
+        except Exception:
+            if filled:
+                yield emit()
+            raise
+        if item is None:
+            break
+        index, plan = item
+        if on_plan is not None:
+            on_plan(index, plan)
+        size = int(plan.coords[0, 2] - plan.coords[0, 0])
+        start = 0
+        while start < len(plan.coords):
+            if buf is None:
+                buf = np.empty((batch_size, size, size, 3), dtype=np.uint8)
+            take = min(batch_size - filled, len(plan.coords) - start)
+            for k, (x0, y0, x1, y1) in enumerate(plan.coords[start : start + take]):
+                buf[filled + k] = plan.image[y0:y1, x0:x1]
+            segments.append((index, start, start + take))
+            filled += take
+            start += take
+            if filled == batch_size:
+                yield emit()
+                buf, segments, filled = None, [], 0
+    if filled:
+        yield emit()
+
+
+def run_in_background(items: Iterator[TileBatch], depth: int = 2) -> Iterator[TileBatch]:
+    """Drain ``items`` on a daemon thread into a queue of ``depth``; errors re-raised here."""
+    channel: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        channel.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            channel.put(("done", None))
+        except BaseException as err:  # handed to the consumer, raised there
+            channel.put(("error", err))
+
+    thread = threading.Thread(target=produce, name="mil-cyto-tiles", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, payload = channel.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise payload  # type: ignore[misc]
+            yield payload  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)
+
+
+def compiler_available(device: torch.device) -> bool:
+    """Whether Inductor can build kernels here: a C++ compiler on CPU, Triton on CUDA."""
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
+class EncoderRunner:
+    """The frozen encoder as a batch function: ``(B, 3, T, T)`` uint8 -> ``(B, D)`` float32 CPU.
+
+    ``compile``: ``"off"`` eager; ``"on"`` torch.compile or a MilCytoError; ``"auto"``
+    torch.compile when a compiler is available, eager (with a warning) if compiling fails.
+    ``amp`` (CUDA only; default on there): fp16 autocast. On CPU the numbers match the plain
+    eager encoder within float tolerance (compiling folds batch norm into the convolutions).
+    The compiled graph serves the first batch shape it sees (the full batch); any other shape
+    (the last, short batch) runs eager rather than paying a recompilation or padding.
+    """
+
+    def __init__(
+        self,
+        encoder: TileEncoder,
+        device: torch.device | str = "cpu",
+        *,
+        compile: str | bool = "off",
+        amp: bool | None = None,
+    ) -> None:
+        if isinstance(compile, bool):
+            compile = "on" if compile else "off"
+        if compile not in COMPILE_CHOICES:
+            raise MilCytoError(f"--compile {compile!r}: use one of {', '.join(COMPILE_CHOICES)}")
+        self.device = torch.device(device)
+        self.encoder = encoder.to(self.device).eval()
+        self.out_dim = int(encoder.out_dim)
+        self.amp = bool(amp if amp is not None else self.device.type == "cuda")
+        if self.amp and self.device.type != "cuda":
+            raise MilCytoError("mixed precision (amp) is for CUDA only; drop it on CPU")
+        self.mode = compile
+        self.compiled = False
+        self._fn: Callable[[torch.Tensor], torch.Tensor] = self.encoder
+        self._shape: tuple[int, ...] | None = None
+        if compile == "on" or (compile == "auto" and compiler_available(self.device)):
+            self._fn = self._compile()
+            self.compiled = True
+
+    def _compile(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        options = {"freezing": True} if self.device.type == "cpu" else {}
+        return torch.compile(self.encoder, dynamic=False, options=options)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        tiles = tiles.to(self.device, non_blocking=True)
+        if self._shape is None:
+            self._shape = tuple(tiles.shape)
+        fn = self._fn if tuple(tiles.shape) == self._shape else self.encoder
+        try:
+            with self._autocast():
+                out = fn(tiles)
+        except Exception as err:
+            if not self.compiled or self.mode == "on":
+                if self.compiled:
+                    raise MilCytoError(
+                        f"torch.compile failed ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200]}); use --compile off"
+                    ) from None
+                raise
+            warnings.warn(
+                f"torch.compile failed ({type(err).__name__}); falling back to eager mode",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._fn, self.compiled = self.encoder, False
+            with self._autocast():
+                out = self._fn(tiles)
+        return out.float().cpu()
+
+    def warm_up(self, tile_size: int, batch_size: int) -> None:
+        """Run one batch of zeros (compiles now, so timings and errors come early)."""
+        zeros = torch.zeros(batch_size, tile_size, tile_size, 3, dtype=torch.uint8)
+        self(zeros.permute(0, 3, 1, 2))
+
+
+def embed_photos(
+    rows: Sequence[ManifestRow],
+    runner: EncoderRunner,
+    tiling: TilingConfig,
+    *,
+    batch_size: int = 64,
+    workers: int = 2,
+    prefetch: int = 3,
+    loader: Callable[[ManifestRow, TilingConfig], PhotoPlan] = load_photo,
+) -> Iterator[PhotoFeatures]:
+    """Embed every photo's tissue tiles; yields each photo, in row order, once it is complete.
+
+    Memory: the photos decoded ahead (``prefetch``), two batches of tiles in flight, and the
+    features of the photos in progress; never a whole bag of tiles.
+    """
+    plans: dict[int, PhotoPlan] = {}
+    feats: dict[int, np.ndarray] = {}
+    left: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def register(index: int, plan: PhotoPlan) -> None:
+        with lock:
+            plans[index] = plan
+            feats[index] = np.empty((len(plan.coords), runner.out_dim), dtype=np.float32)
+            left[index] = len(plan.coords)
+
+    photos = prefetch_photos(rows, tiling, workers=workers, depth=prefetch, loader=loader)
+    batches = batch_tiles(photos, batch_size, on_plan=register)
+    for batch in run_in_background(batches):
+        out = runner(batch.tiles)[: batch.n_real].numpy()
+        offset = 0
+        for index, start, stop in batch.segments:
+            with lock:
+                feats[index][start:stop] = out[offset : offset + stop - start]
+                left[index] -= stop - start
+                done = left[index] == 0
+            offset += stop - start
+            if done:
+                with lock:
+                    plan, features = plans.pop(index), feats.pop(index)
+                    del left[index]
+                yield PhotoFeatures(plan.row, plan.coords, plan.size, features)
