@@ -235,6 +235,9 @@ def fit(
             loss = F.cross_entropy(out.logits.float(), target, weight=weight)
             if out.instance_logits is not None and config.instance_loss_weight > 0:
                 loss = loss + config.instance_loss_weight * ordinal_instance_loss(out, target)
+            auxiliary = getattr(model.aggregator, "auxiliary_loss", None)
+            if auxiliary is not None:  # e.g. CLAM's instance clustering, DSMIL's max stream
+                loss = loss + auxiliary(out, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
