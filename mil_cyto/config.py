@@ -33,6 +33,7 @@ class TrainConfig:
     tile_size: int = 96
     stride: int = 96
     min_tissue: float = 0.05
+    instances: str = "grid"  # grid tiles | cells (one crop centred on each detected nucleus)
     epochs: int = 16
     batch_bags: int = 1
     lr: float = 1e-3

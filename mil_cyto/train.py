@@ -132,7 +132,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         },
     )
 
-    tiling = TilingConfig(config.tile_size, config.stride, config.min_tissue)
+    tiling = TilingConfig(config.tile_size, config.stride, config.min_tissue, config.instances)
     spec = EncoderSpec(
         config.encoder, config.weights, config.weights_cache, config.encoder_kwargs or {}
     )
@@ -259,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tile-size", type=int, help=f"tile side in pixels ({d.tile_size})")
     add("--stride", type=int, help=f"grid stride in pixels ({d.stride})")
     add("--min-tissue", type=float, help=f"minimum tissue share of a kept tile ({d.min_tissue})")
+    add(
+        "--instances",
+        choices=["grid", "cells"],
+        help=f"grid tiles, or one crop centred on each detected nucleus ({d.instances})",
+    )
     add("--epochs", type=int, help=f"passes over the training photos ({d.epochs})")
     add("--batch-bags", type=int, help=f"photos per optimisation step ({d.batch_bags})")
     add("--lr", type=float, help=f"peak learning rate ({d.lr})")
