@@ -39,6 +39,11 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     class_weights: bool = True
+    balanced_sampling: bool = False  # class-balanced photo draws per epoch
+    loss: str = "ce"  # ce | ordinal (cumulative loss respecting normal < CIN1 < CIN2+)
+    max_tiles: int = 0  # > 0: random tiles per photo per training step (bounded memory)
+    chunk: int = 0  # > 0: encoder chunk size in fine-tuning
+    checkpoint: bool = False  # gradient checkpointing of encoder chunks in fine-tuning
     instance_loss_weight: float = 1.0  # ordinal max-instance loss beside the bag loss
     augment: bool = True
     seed: int = 0
@@ -81,6 +86,8 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> T
     config = TrainConfig(**merged)
     if config.mode not in ("finetune", "frozen"):
         raise MilCytoError(f"--mode {config.mode!r}: use finetune or frozen")
+    if config.loss not in ("ce", "ordinal"):
+        raise MilCytoError(f"--loss {config.loss!r}: use ce or ordinal")
     if config.epochs < 1 or config.batch_bags < 1:
         raise MilCytoError("--epochs and --batch-bags must be >= 1")
     return config

@@ -20,9 +20,11 @@ from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
 from mil_cyto.labels import GRADES
+from mil_cyto.losses import bag_loss
 from mil_cyto.metrics import classification_metrics
 from mil_cyto.models.aggregators import MILOutput
 from mil_cyto.models.mil_model import MILModel, pad_bags
+from mil_cyto.sampling import epoch_order, subsample_bag
 
 
 @dataclass
@@ -50,6 +52,11 @@ class FitConfig:
     augment: bool = True
     seed: int = 0
     instance_loss_weight: float = 0.0
+    balanced_sampling: bool = False  # draw photos class-balanced (with replacement) per epoch
+    loss: str = "ce"  # ce | ordinal (cumulative, respects normal < CIN1 < CIN2+)
+    max_tiles: int = 0  # > 0: a random subset of at most this many tiles per photo per step
+    chunk: int = 0  # > 0: encode tiles in chunks of this size (fine-tuning)
+    checkpoint: bool = False  # gradient checkpointing of the encoder chunks (fine-tuning)
 
 
 @dataclass
@@ -110,6 +117,7 @@ def _forward(
     device: torch.device,
     generator: torch.Generator | None = None,
     chunk: int = 0,
+    checkpoint: bool = False,
 ) -> MILOutput:
     if model.encoder is None:
         feats = [torch.from_numpy(b.features).to(device) for b in bags]
@@ -118,7 +126,7 @@ def _forward(
     tiles = [torch.from_numpy(b.tiles).to(device) for b in bags]
     if generator is not None:
         tiles = [_augment(t, generator) for t in tiles]
-    return model.forward_tiles(tiles, chunk=chunk)
+    return model.forward_tiles(tiles, chunk=chunk, checkpoint=checkpoint)
 
 
 @torch.inference_mode()
@@ -226,13 +234,23 @@ def fit(
     epochs = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in epochs:
         model.train()
-        order = torch.randperm(len(train_bags), generator=generator).tolist()
+        order = epoch_order(labels.tolist(), generator, config.balanced_sampling)
         total, seen = 0.0, 0
         for i in range(0, len(order), config.batch_bags):
-            batch = [train_bags[j] for j in order[i : i + config.batch_bags]]
+            batch = [
+                subsample_bag(train_bags[j], config.max_tiles, generator)
+                for j in order[i : i + config.batch_bags]
+            ]
             target = torch.tensor([b.label for b in batch], device=device)
-            out = _forward(model, batch, device, generator if config.augment else None)
-            loss = F.cross_entropy(out.logits.float(), target, weight=weight)
+            out = _forward(
+                model,
+                batch,
+                device,
+                generator if config.augment else None,
+                chunk=config.chunk,
+                checkpoint=config.checkpoint,
+            )
+            loss = bag_loss(out.logits, target, weight, config.loss)
             if out.instance_logits is not None and config.instance_loss_weight > 0:
                 loss = loss + config.instance_loss_weight * ordinal_instance_loss(out, target)
             auxiliary = getattr(model.aggregator, "auxiliary_loss", None)
