@@ -359,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nrun folder: {run_dir}\n\n{format_table(metrics)}")
     loc = metrics.get("localization")
     if loc and loc.get("instance_auroc") is not None:
-        print(f"\nlocalization (Grad-CAM): instance AUROC {loc['instance_auroc']:.3f}, "
-              f"pointing game {loc['pointing_game']:.3f}")  # fmt: skip
+        print(
+            f"\nlocalization (Grad-CAM): instance AUROC {loc['instance_auroc']:.3f}, "
+            f"pointing game {loc['pointing_game']:.3f}"
+        )
     return 0
 
 

@@ -36,9 +36,17 @@ def test_run_folder_contract(tiny_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["--arch", "resnet18", "--data", str(tiny_data), "--out", str(run)]
     assert main([*args, *FAST, "--tile-size", "48", "--stride", "48"]) == 0
-    for name in ("config.json", "metrics.json", "predictions.csv", "attention.h5",
-                 "model.safetensors", "model.json", "report.md", "confusion_matrix.png",
-                 "splits.json"):  # fmt: skip
+    for name in (
+        "config.json",
+        "metrics.json",
+        "predictions.csv",
+        "attention.h5",
+        "model.safetensors",
+        "model.json",
+        "report.md",
+        "confusion_matrix.png",
+        "splits.json",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"accuracy", "macro_sensitivity", "macro_specificity", "per_class"} <= set(metrics)
@@ -73,8 +81,10 @@ def test_grad_cam_shapes_and_sign() -> None:
 def test_study_names_and_local_weights(tmp_path: Path) -> None:
     assert len(STUDY_ARCHS) == 9
     headless = timm.create_model("resnet18", pretrained=False, num_classes=0)
-    state = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v
-             for k, v in headless.state_dict().items()}  # fmt: skip
+    state = {
+        k: torch.full_like(v, 0.5) if v.is_floating_point() else v
+        for k, v in headless.state_dict().items()
+    }
     path = tmp_path / "r18.safetensors"
     save_file(state, str(path))
     model = build_whole_image_cnn("resnet18", weights=str(path))

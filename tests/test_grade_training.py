@@ -118,8 +118,9 @@ def test_a_2000_tile_bag_trains_with_bounded_memory() -> None:
 
     config = FitConfig(epochs=1, max_tiles=256, chunk=64, checkpoint=True, augment=True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        result = fit(model, [big], [_bag(20, label=2, size=64, seed=2)], config, "cpu",
-                     progress=False)  # fmt: skip
+        result = fit(
+            model, [big], [_bag(20, label=2, size=64, seed=2)], config, "cpu", progress=False
+        )
     assert result.best_epoch == 1
     changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert changed

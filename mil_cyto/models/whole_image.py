@@ -71,8 +71,11 @@ def grad_cam(model: WholeImageCNN, x: torch.Tensor, target: torch.Tensor) -> tor
     """Captum ``LayerGradCam`` (ReLU'd) for class ``target`` ``(B,)``: ``(B, h, w)`` maps."""
     cam = LayerGradCam(model, model.feature_maps)
     with torch.enable_grad():
-        maps = cam.attribute(x.float() / 255.0 if x.dtype == torch.uint8 else x, target=target,
-                             relu_attributions=True)  # fmt: skip
+        maps = cam.attribute(
+            x.float() / 255.0 if x.dtype == torch.uint8 else x,
+            target=target,
+            relu_attributions=True,
+        )
     return maps.detach()[:, 0]
 
 
