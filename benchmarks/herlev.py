@@ -8,7 +8,7 @@ Steps (each a separate command, run as a subprocess so that every figure can be 
    mosaic's cell-disjoint train / val / test split.
 3. ``python -m mil_cyto.compare`` when that module exists in this installation (it is
    checked with importlib at run time and the output says whether it ran).
-4. ``benchmarks/whole_image_cnn.py``: a whole-image CNN on the same split.
+4. ``python -m mil_cyto.baseline``: a whole-image CNN on the same split.
 5. ``benchmarks/instance_upper_bound.py``: REFERENCE ONLY, an encoder trained on the
    single-cell labels feeding the same MIL head.
 
@@ -161,21 +161,20 @@ def main() -> None:
         compare_note = f"mil_cyto.compare: ran, output in {out / 'compare'}"
     print(compare_note)
 
-    base_path = out / "whole_image.json"  # finished steps are reused, as the MIL runs are
-    if not base_path.is_file():
-        cmd = [py, str(HERE / "whole_image_cnn.py"), "--data", str(mosaic)]
+    base_run = out / "whole_image"  # finished steps are reused, as the MIL runs are
+    if not (base_run / "metrics.json").is_file():
+        cmd = [py, "-m", "mil_cyto.baseline", "--data", str(mosaic), "--out", str(base_run)]
         cmd += ["--arch", args.baseline_arch, "--size", str(args.baseline_size)]
-        cmd += ["--epochs", str(args.baseline_epochs), "--seed", str(args.seed)]
-        line = _run(cmd, out / "whole_image.log").strip().splitlines()[-1]
-        base_path.write_text(line + "\n")
-    base = json.loads(base_path.read_text())
+        cmd += ["--epochs", str(args.baseline_epochs), "--seed", str(args.seed), "--quiet"]
+        _run(cmd, out / "whole_image.log")
+    base = json.loads((base_run / "metrics.json").read_text())
     results["whole_image"] = base
     rows.append(
         _row(
             f"whole image: {args.baseline_arch} at {args.baseline_size} px",
             base,
-            base.get("train_seconds"),
-            "no localization",
+            base.get("timing_s", {}).get("training"),
+            "Grad-CAM localization",
         )
     )
     ub_path = out / "upper_bound.json"

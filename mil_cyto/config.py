@@ -34,11 +34,17 @@ class TrainConfig:
     tile_size: int = 96
     stride: int = 96
     min_tissue: float = 0.05
+    instances: str = "grid"  # grid tiles | cells (one crop centred on each detected nucleus)
     epochs: int = 16
     batch_bags: int = 1
     lr: float = 1e-3
     weight_decay: float = 1e-4
     class_weights: bool = True
+    balanced_sampling: bool = False  # class-balanced photo draws per epoch
+    loss: str = "ce"  # ce | ordinal (cumulative loss respecting normal < CIN1 < CIN2+)
+    max_tiles: int = 0  # > 0: random tiles per photo per training step (bounded memory)
+    chunk: int = 0  # > 0: encoder chunk size in fine-tuning
+    checkpoint: bool = False  # gradient checkpointing of encoder chunks in fine-tuning
     instance_loss_weight: float = 1.0  # ordinal instance loss beside the bag loss
     instance_loss: str = "max"  # max | propagate (mil_cyto.training.ordinal_instance_loss)
     augment: bool = True
@@ -84,6 +90,8 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> T
         raise MilCytoError(f"--mode {config.mode!r}: use finetune or frozen")
     if config.instance_loss not in ("max", "propagate"):
         raise MilCytoError(f"--instance-loss {config.instance_loss!r}: use max or propagate")
+    if config.loss not in ("ce", "ordinal"):
+        raise MilCytoError(f"--loss {config.loss!r}: use ce or ordinal")
     if config.epochs < 1 or config.batch_bags < 1:
         raise MilCytoError("--epochs and --batch-bags must be >= 1")
     return config

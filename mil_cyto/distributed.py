@@ -130,11 +130,17 @@ class BagForward(nn.Module):
         self.model = model
         self.instance_outputs = instance_outputs
 
-    def forward(self, inputs: Any, mask: torch.Tensor | None = None, chunk: int = 0) -> Any:
+    def forward(
+        self,
+        inputs: Any,
+        mask: torch.Tensor | None = None,
+        chunk: int = 0,
+        checkpoint: bool = False,
+    ) -> Any:
         if self.model.encoder is None:
             out = self.model(inputs, mask)
         else:
-            out = self.model.forward_tiles(inputs, chunk=chunk)
+            out = self.model.forward_tiles(inputs, chunk=chunk, checkpoint=checkpoint)
         return out if self.instance_outputs else replace(out, instance_logits=None)
 
 

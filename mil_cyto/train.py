@@ -142,7 +142,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
             },
         )
 
-    tiling = TilingConfig(config.tile_size, config.stride, config.min_tissue)
+    tiling = TilingConfig(config.tile_size, config.stride, config.min_tissue, config.instances)
     spec = EncoderSpec(
         config.encoder, config.weights, config.weights_cache, config.encoder_kwargs or {}
     )
@@ -179,6 +179,11 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         instance_loss_weight=config.instance_loss_weight,
         instance_loss=config.instance_loss,
         resume_dir=str(run_dir / RESUME_DIR),  # a killed run, rerun with the same --out, resumes
+        balanced_sampling=config.balanced_sampling,
+        loss=config.loss,
+        max_tiles=config.max_tiles,
+        chunk=config.chunk,
+        checkpoint=config.checkpoint,
     )
     train_bags = [bags[i] for i in split.train]
     val_bags = [bags[i] for i in split.val]
@@ -275,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"train the encoder or cache features ({d.mode})",
     )
     add("--features", help="bag store path in frozen mode (default: RUN/features.h5)")
-    add("--aggregator", help=f"MIL head: abmil or gated_abmil ({d.aggregator})")
+    add("--aggregator", help=f"MIL head, one of mil_cyto.models.AGGREGATORS ({d.aggregator})")
     add(
         "--bag-norm",
         action=argparse.BooleanOptionalAction,
@@ -297,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tile-size", type=int, help=f"tile side in pixels ({d.tile_size})")
     add("--stride", type=int, help=f"grid stride in pixels ({d.stride})")
     add("--min-tissue", type=float, help=f"minimum tissue share of a kept tile ({d.min_tissue})")
+    add(
+        "--instances",
+        choices=["grid", "cells"],
+        help=f"grid tiles, or one crop centred on each detected nucleus ({d.instances})",
+    )
     add("--epochs", type=int, help=f"passes over the training photos ({d.epochs})")
     add("--batch-bags", type=int, help=f"photos per optimisation step ({d.batch_bags})")
     add("--lr", type=float, help=f"peak learning rate ({d.lr})")
@@ -311,6 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="random rotations, flips and stain gain (default on)",
+    )
+    add(
+        "--balanced-sampling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draw training photos class-balanced each epoch (default off)",
+    )
+    add("--loss", choices=["ce", "ordinal"], help=f"bag loss ({d.loss})")
+    add("--max-tiles", type=int, help="random tiles per photo per training step (0 = all)")
+    add("--chunk", type=int, help="encoder chunk size when fine-tuning (0 = one pass)")
+    add(
+        "--checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gradient checkpointing of encoder chunks when fine-tuning (default off)",
     )
     add("--seed", type=int, help=f"training seed ({d.seed})")
     add("--split-seed", type=int, help=f"seed of the patient split ({d.split_seed})")

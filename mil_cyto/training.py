@@ -23,9 +23,11 @@ from tqdm.auto import tqdm
 from mil_cyto import resume
 from mil_cyto.distributed import DistContext, ddp_forward, shard_epoch
 from mil_cyto.labels import GRADES
+from mil_cyto.losses import bag_loss
 from mil_cyto.metrics import classification_metrics
 from mil_cyto.models.aggregators import MILOutput
 from mil_cyto.models.mil_model import MILModel, pad_bags
+from mil_cyto.sampling import epoch_order, subsample_bag
 
 INSTANCE_LOSSES = ("max", "propagate")
 
@@ -57,6 +59,11 @@ class FitConfig:
     instance_loss_weight: float = 0.0
     instance_loss: str = "max"  # max | propagate (see ordinal_instance_loss)
     resume_dir: str | None = None  # per-epoch checkpoint folder (mil_cyto.resume); None: off
+    balanced_sampling: bool = False  # draw photos class-balanced (with replacement) per epoch
+    loss: str = "ce"  # ce | ordinal (cumulative, respects normal < CIN1 < CIN2+)
+    max_tiles: int = 0  # > 0: a random subset of at most this many tiles per photo per step
+    chunk: int = 0  # > 0: encode tiles in chunks of this size (fine-tuning)
+    checkpoint: bool = False  # gradient checkpointing of the encoder chunks (fine-tuning)
 
 
 @dataclass
@@ -118,6 +125,7 @@ def _forward(
     generator: torch.Generator | None = None,
     chunk: int = 0,
     runner: torch.nn.Module | None = None,
+    checkpoint: bool = False,
 ) -> MILOutput:
     """``runner``: a DDP-wrapped ``distributed.BagForward`` of ``model`` under torchrun."""
     if model.encoder is None:
@@ -128,8 +136,8 @@ def _forward(
     if generator is not None:
         tiles = [_augment(t, generator) for t in tiles]
     if runner is not None:
-        return runner(tiles, chunk=chunk)
-    return model.forward_tiles(tiles, chunk=chunk)
+        return runner(tiles, chunk=chunk, checkpoint=checkpoint)
+    return model.forward_tiles(tiles, chunk=chunk, checkpoint=checkpoint)
 
 
 @torch.inference_mode()
@@ -275,17 +283,31 @@ def fit(
     epochs = tqdm(range(first, config.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in epochs:
         model.train()
-        order = shard_epoch(torch.randperm(len(train_bags), generator=order_gen).tolist(), ctx)
+        order = shard_epoch(epoch_order(labels.tolist(), order_gen, config.balanced_sampling), ctx)
         total, seen = 0.0, 0
         for i in range(0, len(order), config.batch_bags):
-            batch = [train_bags[j] for j in order[i : i + config.batch_bags]]
+            batch = [
+                subsample_bag(train_bags[j], config.max_tiles, generator)
+                for j in order[i : i + config.batch_bags]
+            ]
             target = torch.tensor([b.label for b in batch], device=device)
-            out = _forward(model, batch, device, aug_gen if config.augment else None, runner=runner)
-            loss = F.cross_entropy(out.logits.float(), target, weight=weight)
+            out = _forward(
+                model,
+                batch,
+                device,
+                aug_gen if config.augment else None,
+                chunk=config.chunk,
+                runner=runner,
+                checkpoint=config.checkpoint,
+            )
+            loss = bag_loss(out.logits, target, weight, config.loss)
             if out.instance_logits is not None and config.instance_loss_weight > 0:
                 loss = loss + config.instance_loss_weight * ordinal_instance_loss(
                     out, target, config.instance_loss
                 )
+            auxiliary = getattr(model.aggregator, "auxiliary_loss", None)
+            if auxiliary is not None:  # e.g. CLAM's instance clustering, DSMIL's max stream
+                loss = loss + auxiliary(out, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from mil_cyto.data.cells import cell_crops
 from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig, tile_photo
@@ -30,7 +31,10 @@ class Bag:
 def load_bag(row: ManifestRow, tiling: TilingConfig) -> Bag:
     """Read, convert and tile one photo (raises MilCytoError naming the file on bad input)."""
     image = load_rgb(row.image, hint=f"manifest row {row.image_id!r}")
-    tiles, coords = tile_photo(image, tiling, name=str(row.image))
+    if tiling.instances == "cells":
+        tiles, coords = cell_crops(image, tiling, name=str(row.image))
+    else:
+        tiles, coords = tile_photo(image, tiling, name=str(row.image))
     return Bag(row.image_id, row.patient_id, row.label, tiles, coords, image.shape[:2])
 
 

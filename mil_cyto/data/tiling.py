@@ -16,11 +16,17 @@ from mil_cyto.errors import MilCytoError
 
 @dataclass(frozen=True)
 class TilingConfig:
-    """Grid tiling in pixels of the photo; ``min_tissue`` is a fraction of a tile's area."""
+    """Grid tiling in pixels of the photo; ``min_tissue`` is a fraction of a tile's area.
+
+    ``instances``: ``grid`` (tiles on a ``stride`` grid) or ``cells`` (one ``tile_size`` crop
+    centred on each detected nucleus, see :mod:`mil_cyto.data.cells`; stride and min_tissue
+    unused).
+    """
 
     tile_size: int = 64
     stride: int = 64
     min_tissue: float = 0.05
+    instances: str = "grid"
 
     def __post_init__(self) -> None:
         if self.tile_size < 8 or self.stride < 1:
@@ -29,6 +35,8 @@ class TilingConfig:
             )
         if not 0.0 <= self.min_tissue <= 1.0:
             raise MilCytoError(f"min_tissue {self.min_tissue} must lie in [0, 1]")
+        if self.instances not in ("grid", "cells"):
+            raise MilCytoError(f"instances {self.instances!r}: use grid or cells")
 
 
 def tissue_mask(image: np.ndarray) -> np.ndarray:

@@ -1,5 +1,10 @@
-"""MIL aggregators behind one registry, and the full tiles-to-grade model."""
+"""MIL aggregators behind one registry, and the full tiles-to-grade model.
 
+Importing this package registers every aggregator: ``abmil``, ``gated_abmil``, ``mean``,
+``max``, ``clam_sb``, ``clam_mb``, ``dsmil`` and ``transmil``.
+"""
+
+from mil_cyto.models import clam, dsmil, pooling, transmil  # noqa: F401  (registration)
 from mil_cyto.models.aggregators import AGGREGATORS, MILOutput, create_aggregator
 from mil_cyto.models.mil_model import MILModel, pad_bags
 

@@ -22,13 +22,15 @@ class MILOutput:
     the pre-softmax attention logits (comparable across bags of different sizes);
     ``instance_logits`` ``(B, N, C - 1)`` per-tile ordinal logits "grade >= k" for
     k = 1 .. C - 1, when the aggregator has an instance head (else None); ``mask`` ``(B, N)``
-    True on real tiles (None: no padding)."""
+    True on real tiles (None: no padding); ``extras``: aggregator-specific tensors its
+    ``auxiliary_loss(out, target)`` needs (e.g. CLAM's tile embeddings), else None."""
 
     logits: torch.Tensor
     attention: torch.Tensor
     scores: torch.Tensor
     instance_logits: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] | None = None
 
 
 AGGREGATORS: Registry[nn.Module] = Registry("aggregator")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.models.aggregators import MILOutput
@@ -36,17 +37,29 @@ class MILModel(nn.Module):
         """``x``: ``(B, N, D)`` features; see :meth:`forward_tiles` for pixels."""
         return self.aggregator(x, mask)
 
-    def encode(self, tiles: torch.Tensor, chunk: int = 0) -> torch.Tensor:
-        """``(N, 3, T, T)`` uint8 tiles -> ``(N, D)``; ``chunk`` > 0 bounds the batch size."""
+    def encode(self, tiles: torch.Tensor, chunk: int = 0, checkpoint: bool = False) -> torch.Tensor:
+        """``(N, 3, T, T)`` uint8 tiles -> ``(N, D)``; ``chunk`` > 0 bounds the batch size.
+
+        ``checkpoint`` (training only): each chunk's activations are dropped after its
+        forward pass and recomputed in backward (``torch.utils.checkpoint``), so memory grows
+        with one chunk's activations plus ``N x D`` features, not with ``N`` tiles' activations.
+        BatchNorm running statistics are then updated twice per chunk (forward and recompute).
+        """
         if self.encoder is None:
             raise RuntimeError("this model works on cached features; it has no tile encoder")
-        if chunk <= 0 or len(tiles) <= chunk:
-            return self.encoder(tiles)
-        return torch.cat([self.encoder(part) for part in tiles.split(chunk)])
+        use_ckpt = checkpoint and torch.is_grad_enabled()
+        parts = [tiles] if chunk <= 0 or len(tiles) <= chunk else list(tiles.split(chunk))
+        if use_ckpt:
+            out = [torch_checkpoint(self.encoder, p, use_reentrant=False) for p in parts]
+        else:
+            out = [self.encoder(p) for p in parts]
+        return out[0] if len(out) == 1 else torch.cat(out)
 
-    def forward_tiles(self, bags: Sequence[torch.Tensor], chunk: int = 0) -> MILOutput:
+    def forward_tiles(
+        self, bags: Sequence[torch.Tensor], chunk: int = 0, checkpoint: bool = False
+    ) -> MILOutput:
         """A batch of bags of uint8 tiles, each ``(N_i, 3, T, T)``, encoded in one pass."""
-        features = self.encode(torch.cat(list(bags)), chunk=chunk)
+        features = self.encode(torch.cat(list(bags)), chunk=chunk, checkpoint=checkpoint)
         features_per_bag = features.split([len(b) for b in bags])
         padded, mask = pad_bags(features_per_bag)
         return self.aggregator(padded, mask)

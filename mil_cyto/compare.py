@@ -1,0 +1,584 @@
+"""``python -m mil_cyto.compare``: every method on the same patient-grouped folds.
+
+Methods are MIL aggregators on grid tiles (``abmil``) or on cell-centred crops
+(``abmil@cells``), and whole-image CNNs (``cnn:densenet121``); ``--list`` prints them all.
+MIL methods share, per fold and instance type, one small CNN encoder fine-tuned on that
+fold's training photos and then frozen; each MIL method is charged that whole encoder's CPU
+time (what running it alone would cost) plus its own head's.
+Writes ``comparison.csv`` and ``comparison.md`` (one row per method: mean +- sd over folds,
+a patient-level bootstrap 95% interval on the pooled test photos, CPU seconds and peak
+memory), the reference study's rows for context, and each fold's result under ``folds/``
+(a rerun skips folds already done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mil_cyto import __version__
+from mil_cyto.baseline import BaselineConfig, load_resized, run_baseline
+from mil_cyto.data.bags import Bag, load_bags
+from mil_cyto.data.manifest import ManifestRow, read_manifest
+from mil_cyto.data.splits import Split, fixed_split, patient_folds
+from mil_cyto.data.tiling import TilingConfig
+from mil_cyto.encoders import EncoderSpec, create_encoder
+from mil_cyto.errors import MilCytoError
+from mil_cyto.io import atomic_path, write_json, write_text
+from mil_cyto.labels import GRADES
+from mil_cyto.localization import localization_metrics, read_cell_boxes
+from mil_cyto.metrics import classification_metrics
+from mil_cyto.models import AGGREGATORS, MILModel, create_aggregator
+from mil_cyto.models.whole_image import STUDY_ARCHS
+from mil_cyto.profiling import measure
+from mil_cyto.reference import REFERENCE_ROWS
+from mil_cyto.training import FeatureBag, FitConfig, fit, predict, seed_everything
+
+DEFAULT_METHODS = [
+    *AGGREGATORS.names(),
+    *(f"{name}@cells" for name in AGGREGATORS.names()),
+    "cnn:resnet18",
+    "cnn:mobilenetv3_large",
+    "cnn:densenet121",
+]
+
+
+@dataclass
+class Budget:
+    """How much each method may train (a preset; every field has a flag)."""
+
+    folds: int = 5
+    encoder: str = "smallcnn"
+    encoder_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 16, "out_dim": 128})
+    tile_size: int = 96
+    stride: int = 96
+    encoder_epochs: int = 16  # 0: the encoder stays at its seeded random init
+    encoder_max_tiles: int = 0  # tiles per photo per encoder-training step (0 = all)
+    mil_epochs: int = 40
+    mil_batch_bags: int = 8
+    mil_lr: float = 1e-3
+    cnn_size: int = 512
+    cnn_epochs: int = 300
+    cnn_batch_size: int = 8
+    cnn_lr: float = 0.01
+
+
+BUDGETS: dict[str, Budget] = {
+    # the study's CNN protocol; MIL heads on frozen features
+    "full": Budget(),
+    # minutes on 2 CPU cores: 3 folds, small CNN inputs and few epochs
+    "quick": Budget(
+        folds=3,
+        encoder_epochs=4,
+        encoder_max_tiles=48,
+        mil_epochs=20,
+        cnn_size=192,
+        cnn_epochs=3,
+        cnn_batch_size=16,
+        cnn_lr=1e-3,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """``kind`` ``mil`` (``name`` an aggregator, ``instances`` grid or cells) or ``cnn``."""
+
+    label: str
+    kind: str
+    name: str
+    instances: str = "grid"
+
+
+def available_methods() -> list[str]:
+    """Every method name ``--methods`` accepts."""
+    mil = AGGREGATORS.names()
+    return [*mil, *(f"{m}@cells" for m in mil), *(f"cnn:{a}" for a in STUDY_ARCHS)]
+
+
+def parse_method(label: str) -> Method:
+    """``abmil``, ``abmil@cells``, ``cnn:resnet18`` (any timm name after ``cnn:``)."""
+    if label.startswith("cnn:"):
+        return Method(label, "cnn", label[4:])
+    name, _, instances = label.partition("@")
+    instances = instances or "grid"
+    if name not in AGGREGATORS or instances not in ("grid", "cells"):
+        raise MilCytoError(
+            f"unknown method {label!r}; see `python -m mil_cyto.compare --list` "
+            f"({', '.join(available_methods()[:6])}, ...)"
+        )
+    return Method(label, "mil", name, instances)
+
+
+def _slug(label: str) -> str:
+    return label.replace(":", "-").replace("@", "-at-")
+
+
+def _tiling(budget: Budget, instances: str) -> TilingConfig:
+    return TilingConfig(budget.tile_size, budget.stride, 0.05, instances)
+
+
+def fold_features(
+    tile_bags: list[Bag], split: Split, budget: Budget, seed: int
+) -> list[FeatureBag]:
+    """The fold's shared tile features: a small CNN fine-tuned end to end on the fold's
+    training photos (with the default gated-ABMIL head and ordinal instance loss, model
+    chosen on validation; ``encoder_epochs`` = 0 keeps the seeded random init), then frozen
+    and applied to every photo. Test photos never touch the encoder's training."""
+    seed_everything(seed)
+    encoder = create_encoder(EncoderSpec(budget.encoder, kwargs=dict(budget.encoder_kwargs)))
+    if budget.encoder_epochs > 0:
+        head = create_aggregator("gated_abmil", in_dim=encoder.out_dim, bag_norm=True)
+        model = MILModel(encoder, head)
+        config = FitConfig(
+            epochs=budget.encoder_epochs,
+            lr=1e-3,
+            seed=seed,
+            instance_loss_weight=1.0,
+            max_tiles=budget.encoder_max_tiles,
+        )
+        fit(
+            model,
+            [tile_bags[i] for i in split.train],
+            [tile_bags[i] for i in split.val],
+            config,
+            torch.device("cpu"),
+            progress=False,
+        )
+    encoder.eval()
+    bags = []
+    with torch.inference_mode():
+        for b in tile_bags:
+            tiles = torch.from_numpy(b.tiles)
+            feats = torch.cat([encoder(t) for t in tiles.split(256)]).float().numpy()
+            bags.append(FeatureBag(b.image_id, b.patient_id, b.label, feats, b.coords, b.size))
+    return bags
+
+
+def _run_mil(
+    method: Method,
+    bags: list[FeatureBag],
+    split: Split,
+    budget: Budget,
+    boxes: dict[str, np.ndarray] | None,
+    seed: int,
+) -> dict[str, Any]:
+    seed_everything(seed)
+    in_dim = bags[0].features.shape[1]
+    aggregator = create_aggregator(method.name, in_dim=in_dim, n_classes=len(GRADES), bag_norm=True)
+    model = MILModel(None, aggregator)
+    config = FitConfig(
+        epochs=budget.mil_epochs,
+        batch_bags=budget.mil_batch_bags,
+        lr=budget.mil_lr,
+        seed=seed,
+        instance_loss_weight=0.0,
+    )
+    train = [bags[i] for i in split.train]
+    val = [bags[i] for i in split.val]
+    test = [bags[i] for i in split.test]
+    result = fit(model, train, val, config, torch.device("cpu"), progress=False)
+    pred = predict(model, test, torch.device("cpu"))
+    metrics = classification_metrics(pred.labels, pred.preds)
+    metrics["best_epoch"] = result.best_epoch
+    if boxes is not None:
+        coords = {b.image_id: b.coords for b in test}
+        scores = dict(zip(pred.image_ids, pred.scores, strict=True))
+        abnormal = [b.image_id for b in test if b.label > 0]
+        metrics["localization"] = localization_metrics(coords, scores, boxes, abnormal)
+    metrics["test"] = [
+        [b.image_id, b.patient_id, int(b.label), int(p)]
+        for b, p in zip(test, pred.preds, strict=True)
+    ]
+    return metrics
+
+
+def _run_cnn(
+    method: Method,
+    rows: list[ManifestRow],
+    split: Split,
+    budget: Budget,
+    images: torch.Tensor,
+    data: Path,
+    run_dir: Path,
+    seed: int,
+) -> dict[str, Any]:
+    config = BaselineConfig(
+        arch=method.name,
+        data=str(data),
+        out=str(run_dir),
+        size=budget.cnn_size,
+        epochs=budget.cnn_epochs,
+        batch_size=budget.cnn_batch_size,
+        lr=budget.cnn_lr,
+        tile_size=budget.tile_size,
+        stride=budget.stride,
+        seed=seed,
+    )
+    if (run_dir / "metrics.json").exists():
+        (run_dir / "metrics.json").unlink()  # an interrupted fold reruns from scratch
+    _, metrics = run_baseline(config, rows=rows, split=split, images=images, progress=False)
+    metrics["best_epoch"] = metrics.pop("training")["best_epoch"]
+    test_rows = [rows[i] for i in split.test]
+    with (run_dir / "predictions.csv").open(encoding="utf-8") as handle:
+        preds = [GRADES.index(r["pred"]) for r in csv.DictReader(handle)]
+    metrics["test"] = [
+        [r.image_id, r.patient_id, r.label, p] for r, p in zip(test_rows, preds, strict=True)
+    ]
+    return metrics
+
+
+def _rates(cm: np.ndarray) -> tuple[float, float, float]:
+    """Accuracy, macro sensitivity, macro specificity of a confusion matrix (rows = truth);
+    classes absent from the truth are left out of the sensitivity mean (as in metrics.py)."""
+    total = cm.sum()
+    tp = np.diag(cm).astype(float)
+    pos = cm.sum(axis=1).astype(float)
+    pred = cm.sum(axis=0).astype(float)
+    neg = total - pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sens = np.where(pos > 0, tp / pos, np.nan)
+        spec = np.where(neg > 0, (neg - (pred - tp)) / neg, np.nan)
+    return tp.sum() / total, float(np.nanmean(sens)), float(np.nanmean(spec))
+
+
+def bootstrap_ci(
+    tests: list[list[Any]], n_boot: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """Patient-level bootstrap 95% intervals of accuracy and macro sensitivity/specificity
+    over pooled test photos ``[image, patient, label, pred]`` (each photo tested once)."""
+    patients = np.array([t[1] for t in tests])
+    cells = np.array([t[2] * len(GRADES) + t[3] for t in tests])
+    _, group = np.unique(patients, return_inverse=True)
+    n_groups, n_cells = group.max() + 1, len(GRADES) ** 2
+    per_patient = np.zeros((n_groups, n_cells), dtype=np.int64)  # each patient's confusion
+    np.add.at(per_patient, (group, cells), 1)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n_groups, n_groups)
+        cm = per_patient[pick].sum(axis=0).reshape(len(GRADES), len(GRADES))
+        draws.append(_rates(cm))
+    values = np.array(draws)
+    names = ("accuracy", "macro_sensitivity", "macro_specificity")
+    return {
+        name: (
+            float(np.nanpercentile(values[:, i], 2.5)),
+            float(np.nanpercentile(values[:, i], 97.5)),
+        )
+        for i, name in enumerate(names)
+    }
+
+
+def summarise(method: str, folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One comparison row from a method's fold results."""
+    row: dict[str, Any] = {"method": method, "n_folds": len(folds)}
+
+    def stats(name: str, values: list[float | None]) -> None:
+        vals = [v for v in values if v is not None]
+        row[f"{name}_mean"] = float(np.mean(vals)) if vals else None
+        row[f"{name}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+
+    for key in ("accuracy", "macro_sensitivity", "macro_specificity"):
+        stats(key, [f["metrics"][key] for f in folds])
+    for grade in GRADES:
+        for what in ("sensitivity", "specificity"):
+            stats(f"{what[:4]}_{grade}", [f["metrics"]["per_class"][grade][what] for f in folds])
+    loc = [f["metrics"].get("localization") or {} for f in folds]
+    stats("instance_auroc", [x.get("instance_auroc") for x in loc])
+    stats("pointing_game", [x.get("pointing_game") for x in loc])
+    stats("cpu_s", [f["cpu_s"] for f in folds])
+    row["peak_extra_mb"] = max(f["extra_rss_mb"] for f in folds)
+    ci = bootstrap_ci([t for f in folds for t in f["metrics"]["test"]])
+    for key, (lo, hi) in ci.items():
+        row[f"{key}_ci_lo"], row[f"{key}_ci_hi"] = lo, hi
+    return row
+
+
+def _fmt(value: float | None, sd: float | None = None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}"
+    return text if sd is None else f"{text} +- {sd:.{digits}f}"
+
+
+def render_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
+    """``comparison.md``: the table, then the reference rows."""
+    lines = [
+        "# mil-cyto comparison",
+        "",
+        f"Data `{header['data']}`; {header['folds']} patient-grouped folds (test parts "
+        f"disjoint, each photo tested once; validation carved from the rest); budget "
+        f"`{header['budget']}`. Mean +- sd over folds; [95% CI] = patient-level bootstrap on "
+        "the pooled test photos. CPU s = process CPU seconds per fold (both cores count; MIL "
+        "includes the whole fold encoder it shares with the other MIL rows). Peak MB = "
+        "resident memory above what the process already held. Localization: instance AUROC "
+        "and pointing game of the tile scores (MIL) or Grad-CAM pooled over the same tiles (CNN). "
+        f"Wall clock so far: {header.get('wall_s', 0.0):.0f} s.",
+        "",
+        "| method | acc | mean sens [95% CI] | mean spec | sens normal | sens CIN1 | "
+        "sens CIN2+ | spec normal | spec CIN1 | spec CIN2+ | inst. AUROC | pointing | "
+        "CPU s | peak MB |",
+        "|" + "---|" * 14,
+    ]
+    for r in rows:
+        ci = ""
+        if r.get("macro_sensitivity_ci_lo") is not None:
+            ci = f" [{r['macro_sensitivity_ci_lo']:.2f}, {r['macro_sensitivity_ci_hi']:.2f}]"
+        cells = [
+            r["method"],
+            _fmt(r["accuracy_mean"], r["accuracy_sd"]),
+            _fmt(r["macro_sensitivity_mean"], r["macro_sensitivity_sd"]) + ci,
+            _fmt(r["macro_specificity_mean"], r["macro_specificity_sd"]),
+            *(_fmt(r[f"sens_{g}_mean"]) for g in GRADES),
+            *(_fmt(r[f"spec_{g}_mean"]) for g in GRADES),
+            _fmt(r["instance_auroc_mean"], r["instance_auroc_sd"]),
+            _fmt(r["pointing_game_mean"]),
+            _fmt(r["cpu_s_mean"], digits=0),
+            _fmt(r["peak_extra_mb"], digits=0),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Reference rows (the study's whole-image CNNs at 512x512 on its own 2,619 photos, and "
+        "specialist technicians; context, not this data):",
+        "",
+        "| reference | acc | mean sens | mean spec | sens normal | sens CIN1 | sens CIN2+ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, ref in REFERENCE_ROWS.items():
+        cells = [
+            name,
+            _fmt(ref.get("accuracy")),
+            _fmt(ref.get("macro_sensitivity")),
+            _fmt(ref.get("macro_specificity")),
+            *(_fmt(ref.get(f"sens {g}")) for g in GRADES),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
+
+
+def _reference_rows() -> list[dict[str, Any]]:
+    out = []
+    for name, ref in REFERENCE_ROWS.items():
+        row: dict[str, Any] = {"method": name, "kind": "reference"}
+        for key in ("accuracy", "macro_sensitivity", "macro_specificity"):
+            row[f"{key}_mean"] = ref.get(key)
+        for g in GRADES:
+            row[f"sens_{g}_mean"] = ref.get(f"sens {g}")
+            row[f"spec_{g}_mean"] = ref.get(f"spec {g}")
+        out.append(row)
+    return out
+
+
+def _write_tables(
+    out: Path,
+    parsed: list[Method],
+    results: dict[str, list[dict[str, Any]]],
+    header: dict[str, Any],
+    wall_s: float,
+) -> list[dict[str, Any]]:
+    """(Re)write comparison.csv / .md from the folds done so far (after every fold, so an
+    interrupted run still leaves a table; ``n_folds`` says how many each row holds)."""
+    done = [m for m in parsed if results[m.label]]
+    table = [
+        {**summarise(m.label, results[m.label]), "kind": m.kind, "instances": m.instances}
+        for m in done
+    ]
+    _write_csv(out / "comparison.csv", table + _reference_rows())
+    write_text(out / "comparison.md", render_markdown(table, {**header, "wall_s": wall_s}))
+    return table
+
+
+def run_comparison(
+    data: Path,
+    methods: list[str],
+    out: Path,
+    budget: Budget,
+    budget_name: str = "custom",
+    *,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every method on every fold (skipping folds already on disk) and write the tables."""
+    parsed = [parse_method(m) for m in methods]
+    rows = read_manifest(data / "manifest.csv")
+    cells_path = data / "cells.csv"
+    boxes = read_cell_boxes(cells_path) if cells_path.is_file() else None
+    fixed = fixed_split([r.split for r in rows], where=str(data / "manifest.csv"))
+    if fixed is not None:  # e.g. mosaics: cells are disjoint only between the given parts
+        print(f"{data / 'manifest.csv'} fixes the split ('split' column): one fold, not k")
+        folds = [fixed]
+    else:
+        folds = patient_folds(
+            [r.label for r in rows], [r.patient_id for r in rows], k=budget.folds, seed=seed
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    header = {
+        "data": str(data),
+        "folds": len(folds),
+        "budget": budget_name,
+        "methods": methods,
+        "budget_settings": asdict(budget),
+        "seed": seed,
+        "mil_cyto_version": __version__,
+    }
+    write_json(out / "config.json", header)
+    write_json(out / "folds.json", [s.as_dict() for s in folds])
+    tile_bags: dict[str, tuple[list[Bag], float]] = {}
+    images: torch.Tensor | None = None
+    results: dict[str, list[dict[str, Any]]] = {m.label: [] for m in parsed}
+    clock = time.perf_counter()
+    table: list[dict[str, Any]] = []
+    for k, split in enumerate(folds):
+        features: dict[str, tuple[list[FeatureBag], float]] = {}
+        for method in parsed:
+            path = out / "folds" / _slug(method.label) / f"fold{k}.json"
+            if path.exists():
+                results[method.label].append(json.loads(path.read_text()))
+                continue
+            shared_cpu = 0.0
+            if method.kind == "mil":
+                inst = method.instances
+                if inst not in tile_bags:
+                    with measure() as cost:
+                        loaded = load_bags(
+                            rows, _tiling(budget, inst), workers=workers, progress=False
+                        )
+                    tile_bags[inst] = (loaded, cost["cpu_s"])
+                if inst not in features:
+                    with measure() as cost:
+                        bags = fold_features(tile_bags[inst][0], split, budget, seed)
+                    features[inst] = (bags, cost["cpu_s"])
+                # what running this method alone would cost: its share of the one-off tiling,
+                # the whole fold encoder, and its own head
+                shared_cpu = tile_bags[inst][1] / budget.folds + features[inst][1]
+                with measure() as used:
+                    metrics = _run_mil(method, features[inst][0], split, budget, boxes, seed)
+            else:
+                if images is None:
+                    images = load_resized(rows, budget.cnn_size, workers)
+                run_dir = out / "runs" / _slug(method.label) / f"fold{k}"
+                with measure() as used:
+                    metrics = _run_cnn(method, rows, split, budget, images, data, run_dir, seed)
+            record = {
+                "method": method.label,
+                "fold": k,
+                "metrics": metrics,
+                "cpu_s": used["cpu_s"] + shared_cpu,
+                "own_cpu_s": used["cpu_s"],
+                "shared_cpu_s": shared_cpu,
+                "wall_s": used["wall_s"],
+                "extra_rss_mb": used["extra_rss_mb"],
+            }
+            write_json(path, record)
+            results[method.label].append(record)
+            if progress:
+                print(
+                    f"[{time.perf_counter() - clock:6.0f} s] fold {k} {method.label}: "
+                    f"mean sens {metrics['macro_sensitivity'] or 0:.3f}, "
+                    f"CPU {record['cpu_s']:.0f} s",
+                    flush=True,
+                )
+        table = _write_tables(out, parsed, results, header, time.perf_counter() - clock)
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mil_cyto.compare",
+        description="Compare MIL aggregators (grid tiles or cell crops) and whole-image CNNs "
+        "on the same patient-grouped folds; writes comparison.csv and comparison.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--data", help="folder with manifest.csv (default: built-in synthetic set)")
+    add("--methods", help="comma-separated methods (default: the default list; see --list)")
+    add("--out", help="output folder (default: runs/compare-<budget>)")
+    add("--budget", choices=sorted(BUDGETS), default="quick", help="preset of the knobs below")
+    add("--list", action="store_true", help="print the available methods and exit")
+    d = Budget()
+    for name in (
+        "folds",
+        "tile_size",
+        "stride",
+        "encoder_epochs",
+        "encoder_max_tiles",
+        "mil_epochs",
+        "mil_batch_bags",
+        "cnn_size",
+        "cnn_epochs",
+        "cnn_batch_size",
+    ):
+        add(f"--{name.replace('_', '-')}", type=int, help=f"override the preset ({name})")
+    for name in ("mil_lr", "cnn_lr"):
+        add(f"--{name.replace('_', '-')}", type=float, help=f"override the preset ({name})")
+    add("--encoder", help=f"tile encoder shared by the MIL methods (preset: {d.encoder})")
+    add("--seed", type=int, default=0, help="seed of folds, encoder init and training")
+    add("--workers", type=int, default=2, help="threads for decoding photos")
+    add("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        print("\n".join(available_methods()))
+        print(f"\ndefault: {','.join(DEFAULT_METHODS)}")
+        return 0
+    budget = Budget(**asdict(BUDGETS[args.budget]))
+    for name in asdict(budget):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(budget, name, value)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    methods = args.methods.split(",") if args.methods else DEFAULT_METHODS
+    try:
+        from mil_cyto.config import TrainConfig
+        from mil_cyto.train import resolve_data
+
+        data = resolve_data(TrainConfig(data=args.data, workers=args.workers), not args.quiet)
+        out = Path(args.out or f"runs/compare-{args.budget}")
+        table = run_comparison(
+            data,
+            [m.strip() for m in methods if m.strip()],
+            out,
+            budget,
+            args.budget,
+            seed=args.seed,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+    except MilCytoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print((out / "comparison.md").read_text())
+    print(f"{len(table)} methods; written {out / 'comparison.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
