@@ -30,12 +30,12 @@ class TrainConfig:
     aggregator: str = "gated_abmil"
     aggregator_kwargs: dict[str, Any] | None = None
     bag_norm: bool = True  # standardise tile features within each photo before the head
-    instance_attention: bool = False  # attention logits = the tiles' ordinal instance logits
+    instance_attention: bool = True  # attention logits = the tiles' ordinal instance logits
     tile_size: int = 96
     stride: int = 96
     min_tissue: float = 0.05
     instances: str = "grid"  # grid tiles | cells (one crop centred on each detected nucleus)
-    epochs: int = 16
+    epochs: int = 24
     batch_bags: int = 1
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -46,7 +46,7 @@ class TrainConfig:
     chunk: int = 0  # > 0: encoder chunk size in fine-tuning
     checkpoint: bool = False  # gradient checkpointing of encoder chunks in fine-tuning
     instance_loss_weight: float = 1.0  # ordinal instance loss beside the bag loss
-    instance_loss: str = "max"  # max | propagate (mil_cyto.training.ordinal_instance_loss)
+    instance_loss: str = "propagate"  # max | propagate (mil_cyto.training.ordinal_instance_loss)
     augment: bool = True
     seed: int = 0
     split_seed: int = 0

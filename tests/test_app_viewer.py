@@ -89,8 +89,9 @@ def test_filters_sort_and_photo_choice(monkeypatch, tiny_run: Path) -> None:
             assert any("no test photo matches" in i.value for i in at.info)
     at.sidebar.radio(key="outcome").set_value("all")
     at.sidebar.selectbox(key="sort").set_value("error").run()
-    worst = max(rows, key=lambda r: (1 - float(r[f"p_{r['label']}"]), r["image"]))
-    assert _photo_box(at).value == worst["image"]
+    worst = min(rows, key=lambda r: (float(r[f"p_{r['label']}"]), r["image"]))
+    # the list leads with the worst error (the current choice may stay selected)
+    assert _photo_box(at).options[0].split("  ")[0] == worst["image"]
     grade = rows[-1]["label"]
     at.sidebar.multiselect(key="truth").set_value([grade]).run()
     kept = {r["image"] for r in rows if r["label"] == grade}

@@ -9,11 +9,18 @@ from mil_cyto.models import create_aggregator
 from mil_cyto.models.streaming import attend_in_chunks
 
 
-@pytest.mark.parametrize("name, bag_norm", [("abmil", False), ("gated_abmil", True)])
+@pytest.mark.parametrize(
+    "name, bag_norm, instance_attention",
+    [("abmil", False, False), ("gated_abmil", True, False), ("gated_abmil", True, True)],
+)
 @pytest.mark.parametrize("chunk", [7, 64, 1000])
-def test_chunked_head_matches_plain_head(name: str, bag_norm: bool, chunk: int) -> None:
+def test_chunked_head_matches_plain_head(
+    name: str, bag_norm: bool, instance_attention: bool, chunk: int
+) -> None:
     torch.manual_seed(0)
-    head = create_aggregator(name, in_dim=12, bag_norm=bag_norm).eval()
+    head = create_aggregator(
+        name, in_dim=12, bag_norm=bag_norm, instance_attention=instance_attention
+    ).eval()
     x = torch.randn(300, 12) * 3 + 1
     with torch.no_grad():
         plain = head(x[None])

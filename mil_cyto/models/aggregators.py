@@ -36,8 +36,11 @@ class MILOutput:
 AGGREGATORS: Registry[nn.Module] = Registry("aggregator")
 
 
+BAG_NORM_EPS = 1e-2  # added to the squared robust scale, so constant features stay finite
+
+
 def standardise_within_bag(
-    x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-2
+    x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = BAG_NORM_EPS
 ) -> torch.Tensor:
     """Each feature minus its median over the bag's real tiles, over their median absolute
     deviation (x 1.4826, a robust standard deviation): ``(B, N, D)``, zero on padding.

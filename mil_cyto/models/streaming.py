@@ -3,20 +3,37 @@
 ``AttentionMIL.forward`` holds several ``(N, D)`` temporaries (within-bag standardisation,
 projection, gates). For a photo of tens of thousands of tiles this evaluates the same head in
 eval mode with memory ``O(chunk x D)`` plus ``O(N)`` for the per-tile outputs: the bag's
-statistics come from one ``var_mean`` pass, and attention pooling uses an online softmax
-(a running maximum, normaliser and weighted sum).
+robust statistics (median, MAD) come from a pass over blocks of feature columns, and
+attention pooling uses an online softmax (a running maximum, normaliser and weighted sum).
 """
 
 from __future__ import annotations
 
 import torch
 
-from mil_cyto.models.aggregators import AttentionMIL, MILOutput
+from mil_cyto.models.aggregators import BAG_NORM_EPS, AttentionMIL, MILOutput
+
+
+def _robust_bag_stats(
+    features: torch.Tensor, eps: float, columns: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per feature of one bag ``(N, D)``: median and robust scale ``(D,)``, as
+    ``standardise_within_bag`` computes them, ``columns`` features at a time (bounded memory)."""
+    d = features.shape[1]
+    median = torch.empty(d, dtype=torch.float32, device=features.device)
+    scale = torch.empty(d, dtype=torch.float32, device=features.device)
+    for c in range(0, d, columns):
+        block = features[:, c : c + columns].float()
+        m = block.median(dim=0).values
+        mad = (block - m).abs().median(dim=0).values
+        median[c : c + columns] = m
+        scale[c : c + columns] = torch.sqrt((1.4826 * mad) ** 2 + eps)
+    return median, scale
 
 
 @torch.inference_mode()
 def attend_in_chunks(
-    head: AttentionMIL, features: torch.Tensor, chunk: int = 4096, eps: float = 1e-5
+    head: AttentionMIL, features: torch.Tensor, chunk: int = 4096, eps: float = BAG_NORM_EPS
 ) -> MILOutput:
     """Evaluate ``head`` (eval mode) on one bag ``features`` ``(N, D)``, ``chunk`` tiles at a
     time. Returns what ``head(features[None])`` returns, with batch size 1: ``logits``
@@ -25,8 +42,7 @@ def attend_in_chunks(
         raise ValueError("attend_in_chunks evaluates a trained head; call head.eval() first")
     n = features.shape[0]
     if head.bag_norm:
-        var, mean = torch.var_mean(features, dim=0, unbiased=False)
-        scale = torch.rsqrt(var + eps)
+        median, scale = _robust_bag_stats(features, eps)
     scores = torch.empty(n, dtype=torch.float32, device=features.device)
     instance = [] if head.instance_head is not None else None
     run_max = torch.tensor(float("-inf"), device=features.device)
@@ -35,15 +51,17 @@ def attend_in_chunks(
     for start in range(0, n, chunk):
         x = features[start : start + chunk].float()
         if head.bag_norm:
-            x = (x - mean) * scale
+            x = (x - median) / scale
         h = head.project(x)  # (n_c, H)
         gate = torch.tanh(head.attention_v(h))
         if head.attention_u is not None:
             gate = gate * torch.sigmoid(head.attention_u(h))
         s = head.attention_w(gate).squeeze(-1)
-        scores[start : start + len(s)] = s
         if instance is not None:
             instance.append(head.instance_head(h))
+            if head.instance_attention:
+                s = instance[-1].sum(dim=-1)
+        scores[start : start + len(s)] = s
         new_max = torch.maximum(run_max, s.max())
         rescale = torch.exp(run_max - new_max)
         w = torch.exp(s - new_max)
