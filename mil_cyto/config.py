@@ -35,7 +35,7 @@ class TrainConfig:
     stride: int = 96
     min_tissue: float = 0.05
     instances: str = "grid"  # grid tiles | cells (one crop centred on each detected nucleus)
-    epochs: int = 24
+    epochs: int = 16
     batch_bags: int = 1
     lr: float = 1e-3
     weight_decay: float = 1e-4
