@@ -73,7 +73,10 @@ class AttentionMIL(nn.Module):
         gated: the gated variant (tanh * sigmoid).
         dropout: dropout on the projected embeddings.
         instance_head: add a per-tile ordinal classifier ("this tile is >= CIN1", ">= CIN2+"),
-            trained by max-pooling over the bag (see ``training.ordinal_instance_loss``).
+            trained by an instance loss (see ``training.ordinal_instance_loss``).
+        bag_norm: standardise features within each bag first (``standardise_within_bag``).
+        instance_attention: the attention logits are the tile's summed ordinal instance
+            logits (no separate attention MLP), so the instance loss trains the attention.
     """
 
     def __init__(
@@ -96,9 +99,10 @@ class AttentionMIL(nn.Module):
         self.project = nn.Sequential(
             nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout)
         )
-        self.attention_v = nn.Linear(hidden_dim, attention_dim)
-        self.attention_u = nn.Linear(hidden_dim, attention_dim) if gated else None
-        self.attention_w = nn.Linear(attention_dim, 1)
+        own_attention = not instance_attention  # else the instance head scores the tiles
+        self.attention_v = nn.Linear(hidden_dim, attention_dim) if own_attention else None
+        self.attention_u = nn.Linear(hidden_dim, attention_dim) if gated and own_attention else None
+        self.attention_w = nn.Linear(attention_dim, 1) if own_attention else None
         self.classifier = nn.Linear(hidden_dim, n_classes)
         self.instance_head = nn.Linear(hidden_dim, n_classes - 1) if instance_head else None
 
@@ -106,14 +110,7 @@ class AttentionMIL(nn.Module):
         if self.bag_norm:
             x = standardise_within_bag(x, mask)
         h = self.project(x)  # (B, N, H)
-        gate = torch.tanh(self.attention_v(h))
-        if self.attention_u is not None:
-            gate = gate * torch.sigmoid(self.attention_u(h))
-        scores = self.attention_w(gate).squeeze(-1)  # (B, N)
-        instance = self.instance_head(h) if self.instance_head is not None else None
-        if self.instance_attention:
-            assert instance is not None
-            scores = instance.sum(dim=-1)
+        scores, instance = self.tile_scores(h)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         attention = torch.softmax(scores, dim=1)
@@ -122,6 +119,19 @@ class AttentionMIL(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask, 0.0)
         return MILOutput(self.classifier(pooled), attention, scores, instance, mask)
+
+    def tile_scores(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Projected tiles ``(..., N, H)`` -> attention logits ``(..., N)`` and instance logits
+        ``(..., N, C - 1)`` (None without an instance head)."""
+        instance = self.instance_head(h) if self.instance_head is not None else None
+        if self.instance_attention:
+            assert instance is not None
+            return instance.sum(dim=-1), instance
+        assert self.attention_v is not None and self.attention_w is not None
+        gate = torch.tanh(self.attention_v(h))
+        if self.attention_u is not None:
+            gate = gate * torch.sigmoid(self.attention_u(h))
+        return self.attention_w(gate).squeeze(-1), instance
 
 
 @AGGREGATORS.register("abmil")

@@ -53,14 +53,9 @@ def attend_in_chunks(
         if head.bag_norm:
             x = (x - median) / scale
         h = head.project(x)  # (n_c, H)
-        gate = torch.tanh(head.attention_v(h))
-        if head.attention_u is not None:
-            gate = gate * torch.sigmoid(head.attention_u(h))
-        s = head.attention_w(gate).squeeze(-1)
+        s, inst = head.tile_scores(h)
         if instance is not None:
-            instance.append(head.instance_head(h))
-            if head.instance_attention:
-                s = instance[-1].sum(dim=-1)
+            instance.append(inst)
         scores[start : start + len(s)] = s
         new_max = torch.maximum(run_max, s.max())
         rescale = torch.exp(run_max - new_max)
