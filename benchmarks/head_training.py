@@ -132,9 +132,7 @@ def main() -> None:
     folds = patient_folds([b.label for b in bags], [b.patient_id for b in bags], k=5)
     rows = []
     for f, split in enumerate(folds[: args.folds]):
-        train = [bags[i] for i in split.train]
-        val = [bags[i] for i in split.val]
-        test = [bags[i] for i in split.test]
+        train, val, test = split.take(bags)
 
         torch.manual_seed(f)
         model = MILModel(None, create_aggregator("gated_abmil", in_dim=DIM, bag_norm=True))

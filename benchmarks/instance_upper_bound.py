@@ -133,15 +133,8 @@ def main() -> None:
     model = MILModel(None, aggregator)
     cfg = FitConfig(epochs=args.mil_epochs, seed=args.seed, instance_loss_weight=1.0)
     device = torch.device("cpu")
-    fit(
-        model,
-        [bags[i] for i in split.train],
-        [bags[i] for i in split.val],
-        cfg,
-        device,
-        progress=False,
-    )
-    test = [bags[i] for i in split.test]
+    train, val, test = split.take(bags)
+    fit(model, train, val, cfg, device, progress=False)
     pred = predict(model, test, device)
     metrics = classification_metrics(pred.labels, pred.preds)
     boxes = read_cell_boxes(args.mosaic / "cells.csv")

@@ -148,8 +148,7 @@ def fold_features(
         )
         fit(
             model,
-            [tile_bags[i] for i in split.train],
-            [tile_bags[i] for i in split.val],
+            *split.take(tile_bags)[:2],
             config,
             torch.device("cpu"),
             progress=False,
@@ -183,9 +182,7 @@ def _run_mil(
         seed=seed,
         instance_loss_weight=0.0,
     )
-    train = [bags[i] for i in split.train]
-    val = [bags[i] for i in split.val]
-    test = [bags[i] for i in split.test]
+    train, val, test = split.take(bags)
     result = fit(model, train, val, config, torch.device("cpu"), progress=False)
     pred = predict(model, test, torch.device("cpu"))
     metrics = classification_metrics(pred.labels, pred.preds)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mil_cyto.errors import MilCytoError
+from mil_cyto.losses import BAG_LOSSES, INSTANCE_LOSSES
 
 
 @dataclass
@@ -88,9 +89,9 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> T
     config = TrainConfig(**merged)
     if config.mode not in ("finetune", "frozen"):
         raise MilCytoError(f"--mode {config.mode!r}: use finetune or frozen")
-    if config.instance_loss not in ("max", "propagate"):
+    if config.instance_loss not in INSTANCE_LOSSES:
         raise MilCytoError(f"--instance-loss {config.instance_loss!r}: use max or propagate")
-    if config.loss not in ("ce", "ordinal"):
+    if config.loss not in BAG_LOSSES:
         raise MilCytoError(f"--loss {config.loss!r}: use ce or ordinal")
     if config.epochs < 1 or config.batch_bags < 1:
         raise MilCytoError("--epochs and --batch-bags must be >= 1")

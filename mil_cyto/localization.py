@@ -7,8 +7,8 @@ grade is not ``normal`` are the atypical ones.
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,27 +23,50 @@ box; tiles that touch an atypical box with less are left out of the instance AUR
 hold a sliver of cytoplasm, neither clearly positive nor negative)."""
 
 
-def read_cell_boxes(path: Path) -> dict[str, np.ndarray]:
-    """Atypical cell boxes per image id: ``{image: (M, 4) float x0, y0, x1, y1}``."""
+@dataclass(frozen=True)
+class CellBox:
+    """An annotated cell: box ``x0, y0, x1, y1`` in photo pixels, its grade and kind."""
+
+    box: tuple[float, float, float, float]
+    grade: str
+    kind: str = ""
+
+    @property
+    def atypical(self) -> bool:
+        return self.grade != "normal"
+
+
+def read_cells(path: Path) -> dict[str, list[CellBox]]:
+    """Every annotated cell per image id from a ``cells.csv`` (``image, x0, y0, x1, y1, grade``
+    and an optional ``kind``); grades are parsed like the training's labels."""
     path = Path(path)
-    if not path.is_file():
-        raise MilCytoError(f"cell annotations {path} not found; fix --cells or leave it out")
-    boxes: dict[str, list[list[float]]] = defaultdict(list)
+    cells: dict[str, list[CellBox]] = {}
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = {"image", "x0", "y0", "x1", "y1", "grade"} - set(reader.fieldnames or [])
         if missing:
             raise MilCytoError(f"{path}: missing columns {sorted(missing)}")
         for row in reader:
-            line = reader.line_num
             try:
                 grade = parse_grade(row["grade"])
-                box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
+                box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
             except (ValueError, TypeError) as err:
-                raise MilCytoError(f"{path} line {line}: {err or 'missing cells'}") from None
-            if grade != "normal":
-                boxes[row["image"]].append(box)
-    return {k: np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in boxes.items()}
+                raise MilCytoError(
+                    f"{path} line {reader.line_num}: {err or 'missing cells'}"
+                ) from None
+            cells.setdefault(row["image"], []).append(CellBox(box, grade, row.get("kind") or ""))
+    return cells
+
+
+def read_cell_boxes(path: Path) -> dict[str, np.ndarray]:
+    """Atypical cell boxes per image id: ``{image: (M, 4) float x0, y0, x1, y1}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise MilCytoError(f"cell annotations {path} not found; fix --cells or leave it out")
+    boxes = {
+        image: [c.box for c in cells if c.atypical] for image, cells in read_cells(path).items()
+    }
+    return {k: np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in boxes.items() if v}
 
 
 def box_cover(tiles: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from mil_cyto.features import BagStore, extract_to_store
 from mil_cyto.io import write_json, write_text
 from mil_cyto.labels import GRADES
 from mil_cyto.localization import localization_metrics, read_cell_boxes
+from mil_cyto.losses import BAG_LOSSES, INSTANCE_LOSSES
 from mil_cyto.metrics import classification_metrics, format_table
 from mil_cyto.models import MILModel, create_aggregator
 from mil_cyto.reporting import (
@@ -185,16 +186,14 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         chunk=config.chunk,
         checkpoint=config.checkpoint,
     )
-    train_bags = [bags[i] for i in split.train]
-    val_bags = [bags[i] for i in split.val]
+    train_bags, val_bags, test_bags = split.take(bags)
     result = fit(model, train_bags, val_bags, fit_config, device, progress=progress, dist_ctx=ctx)
     timing["training"] = result.seconds
     if not ctx.is_main:  # rank 0 alone tests and writes the run folder
         return run_dir, {}
 
     step = time.perf_counter()
-    test_rows = [rows[i] for i in split.test]
-    test_bags = [bags[i] for i in split.test]
+    test_rows = split.take(rows)[2]
     pred = predict(model, test_bags, device, progress=progress, desc="testing")
     metrics = classification_metrics(pred.labels, pred.preds)
     metrics["training"] = {"best_epoch": result.best_epoch, "history": result.history}
@@ -295,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--instance-loss",
-        choices=["max", "propagate"],
+        choices=INSTANCE_LOSSES,
         help=f"per-tile MIL loss on abnormal photos ({d.instance_loss})",
     )
     add("--instance-loss-weight", type=float, help=f"its weight ({d.instance_loss_weight})")
@@ -328,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="draw training photos class-balanced each epoch (default off)",
     )
-    add("--loss", choices=["ce", "ordinal"], help=f"bag loss ({d.loss})")
+    add("--loss", choices=BAG_LOSSES, help=f"bag loss ({d.loss})")
     add("--max-tiles", type=int, help="random tiles per photo per training step (0 = all)")
     add("--chunk", type=int, help="encoder chunk size when fine-tuning (0 = one pass)")
     add(

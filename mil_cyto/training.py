@@ -23,13 +23,11 @@ from tqdm.auto import tqdm
 from mil_cyto import resume
 from mil_cyto.distributed import DistContext, ddp_forward, shard_epoch
 from mil_cyto.labels import GRADES
-from mil_cyto.losses import bag_loss
+from mil_cyto.losses import bag_loss, ordinal_instance_loss
 from mil_cyto.metrics import classification_metrics
 from mil_cyto.models.aggregators import MILOutput
 from mil_cyto.models.mil_model import MILModel, pad_bags
 from mil_cyto.sampling import epoch_order, subsample_bag
-
-INSTANCE_LOSSES = ("max", "propagate")
 
 
 @dataclass
@@ -168,45 +166,6 @@ def predict(
         scores=scores,
         loss=float(np.mean(losses)),
     )
-
-
-def ordinal_instance_loss(out: MILOutput, target: torch.Tensor, mode: str = "max") -> torch.Tensor:
-    """Ordinal multiple-instance loss on per-tile logits "grade >= k" (k = 1 .. C - 1).
-
-    Both modes use only the MIL assumption (a photo's grade is the highest grade among its
-    cells): in a photo graded below k every tile is certainly below k, so all its tiles are
-    pushed down. They differ on photos graded k or higher:
-
-    - ``max``: at least one tile is >= k, so the top-scoring tile is pushed up (mi-SVM style);
-    - ``propagate``: every tile inherits the photo's label (a noisy label). The optimum of this
-      loss is each tile's P(photo >= k | tile), which ranks tiles seen only in photos >= k
-      (the atypical cells) above tiles seen everywhere, and cannot lock onto one arbitrary
-      tile per photo the way ``max`` can when the encoder memorises its training photos.
-    """
-    if mode not in INSTANCE_LOSSES:
-        raise ValueError(f"instance loss {mode!r}: use one of {INSTANCE_LOSSES}")
-    logits = out.instance_logits
-    assert logits is not None
-    mask = (
-        out.mask
-        if out.mask is not None
-        else torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
-    )
-    logits = logits.float()
-    losses = []
-    for k in range(logits.shape[2]):
-        z = logits[..., k]
-        positive = target > k  # the photo holds a tile of grade >= k + 1
-        if positive.any() and mode == "max":
-            top = z[positive].masked_fill(~mask[positive], float("-inf")).amax(dim=1)
-            losses.append(F.binary_cross_entropy_with_logits(top, torch.ones_like(top)))
-        elif positive.any():
-            pos = z[positive][mask[positive]]
-            losses.append(F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)))
-        if (~positive).any():
-            neg = z[~positive][mask[~positive]]
-            losses.append(F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
-    return torch.stack(losses).mean()
 
 
 def _selection_key(metrics: dict[str, Any], loss: float) -> tuple[float, float]:

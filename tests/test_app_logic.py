@@ -19,7 +19,7 @@ from mil_cyto.checkpoint import build_model, model_recipe
 from mil_cyto.encoders import EncoderSpec
 from mil_cyto.errors import MilCytoError
 from mil_cyto.labels import GRADES
-from mil_cyto.localization import read_cell_boxes
+from mil_cyto.localization import read_cell_boxes, read_cells
 from mil_cyto.review import explain_bridge
 from mil_cyto.review.cases import case_list
 from mil_cyto.review.marks import (
@@ -31,7 +31,7 @@ from mil_cyto.review.marks import (
     write_cells_csv,
 )
 from mil_cyto.review.overlay import Box, blend, crop, draw_boxes, normalise_map, top_k
-from mil_cyto.review.runs import Run, find_runs, read_cells
+from mil_cyto.review.runs import Run, find_runs
 from mil_cyto.review.upload import check_upload, predict_photo
 
 PRED_ROWS = [

@@ -10,9 +10,10 @@ import streamlit as st
 
 from mil_cyto.checkpoint import load_model
 from mil_cyto.data.images import load_rgb
+from mil_cyto.localization import CellBox, read_cells
 from mil_cyto.review import explain_bridge
 from mil_cyto.review.overlay import attention_map
-from mil_cyto.review.runs import CellBox, Run, TileMap, read_cells
+from mil_cyto.review.runs import Run, TileMap
 
 
 def stamp(path: Path) -> float:

@@ -13,6 +13,7 @@ import streamlit as st
 from mil_cyto.data.tiling import extract_tiles
 from mil_cyto.errors import MilCytoError
 from mil_cyto.labels import GRADES
+from mil_cyto.localization import CellBox
 from mil_cyto.review import explain_bridge
 from mil_cyto.review.marks import MARKS, Mark, read_marks, remove_mark, save_mark
 from mil_cyto.review.overlay import (
@@ -24,7 +25,7 @@ from mil_cyto.review.overlay import (
     normalise_map,
     top_k,
 )
-from mil_cyto.review.runs import CellBox, TileMap
+from mil_cyto.review.runs import TileMap
 
 from . import cache
 

@@ -28,8 +28,6 @@ import csv
 import hashlib
 import json
 import math
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -54,6 +52,7 @@ from mil_cyto.data.synthetic import (
     write_png,
 )
 from mil_cyto.errors import MilCytoError
+from mil_cyto.io import atomic_dir, write_csv
 from mil_cyto.labels import GRADES, parse_grade
 
 DROP = "drop"
@@ -574,13 +573,6 @@ def _fingerprint(cells_dir: Path, crops: Sequence[CellCrop], masks: MaskSpec | N
     return h.hexdigest()
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
-
-
 def _existing(out_dir: Path, record: dict[str, Any]) -> bool:
     """True when ``out_dir`` holds this very data set; raise when it holds something else."""
     if not out_dir.exists():
@@ -655,15 +647,8 @@ def generate_mosaics(
     }
     patient_gain: dict[str, np.ndarray] = {}
 
-    absolute = out_dir.absolute()
-    tmp = absolute.with_name(f"{absolute.name}.partial-{os.getpid()}")
-    try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / IMAGES_DIR).mkdir(parents=True)
-    except OSError as err:
-        raise MilCytoError(f"cannot create {tmp} next to {out_dir}: {err}") from None
-    try:
+    with atomic_dir(out_dir) as tmp:
+        (tmp / IMAGES_DIR).mkdir()
         manifest: list[tuple[Any, ...]] = []
         cell_rows: list[tuple[Any, ...]] = []
         placements: list[tuple[str, str, str]] = []
@@ -705,10 +690,10 @@ def generate_mosaics(
             ]
             placed = normal + [i for i, _ in atypical]
             placements += [(rel, crops[placed[c["source"]]].rel_path, plan.split) for c in cells]
-        _write_csv(tmp / MANIFEST_FILE, MOSAIC_MANIFEST_COLUMNS, manifest)
-        _write_csv(tmp / CELLS_FILE, CELL_COLUMNS, cell_rows)
-        _write_csv(tmp / PLACEMENTS_FILE, ("image", "crop", "split"), placements)
-        _write_csv(
+        write_csv(tmp / MANIFEST_FILE, MOSAIC_MANIFEST_COLUMNS, manifest)
+        write_csv(tmp / CELLS_FILE, CELL_COLUMNS, cell_rows)
+        write_csv(tmp / PLACEMENTS_FILE, ("image", "crop", "split"), placements)
+        write_csv(
             tmp / CELL_SPLITS_FILE,
             ("crop", "folder", "grade", "split"),
             [(c.rel_path, c.folder, c.grade, s) for c, s in zip(crops, split_of, strict=True)],
@@ -716,11 +701,6 @@ def generate_mosaics(
         (tmp / CONFIG_FILE).write_text(
             json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

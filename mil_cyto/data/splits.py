@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mil_cyto.errors import MilCytoError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,14 @@ class Split:
 
     def as_dict(self) -> dict[str, list[int]]:
         return {name: getattr(self, name).tolist() for name in ("train", "val", "test")}
+
+    def take(self, items: Sequence[T]) -> tuple[list[T], list[T], list[T]]:
+        """``items`` (one per manifest row) cut into the train, val and test parts."""
+        return (
+            [items[i] for i in self.train],
+            [items[i] for i in self.val],
+            [items[i] for i in self.test],
+        )
 
 
 def _stratified_group_parts(

@@ -15,15 +15,12 @@ Public entry points: :class:`SynthConfig`, :func:`generate_dataset` (the whole d
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import multiprocessing
-import os
-import shutil
 import struct
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -34,6 +31,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from mil_cyto.errors import MilCytoError
+from mil_cyto.io import atomic_dir, write_csv
 from mil_cyto.labels import GRADES
 
 GENERATOR_VERSION = 2
@@ -1123,11 +1121,46 @@ def _check_existing(out_dir: Path, config: SynthConfig) -> bool:
     return False
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Iterator[Sequence[Any]] | list) -> None:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
+def _draw_images(
+    tmp: Path, plans: list[PatientPlan], config: SynthConfig, workers: int, progress: bool
+) -> tuple[list[tuple[Any, ...]], list[tuple[str, ...]]]:
+    """Draw every photo of ``plans`` into ``tmp``; returns the cell rows and manifest rows."""
+    tasks: list[_ImageTask] = []
+    manifest: list[tuple[str, ...]] = []
+    for plan in plans:
+        for index in plan.images:
+            rel = _image_name(index, config.n_images)
+            manifest.append((rel, plan.patient_id, plan.histology, plan.cytology, plan.hpv))
+            tasks.append(
+                _ImageTask(
+                    index,
+                    rel,
+                    str(tmp / rel),
+                    plan.histology,
+                    plan.stain,
+                    config.seed,
+                    config.width,
+                    config.height,
+                    config.cells_per_field,
+                    config.atypical_per_field,
+                    config.um_per_px,
+                )
+            )
+    n_workers = max(1, min(int(workers), len(tasks)))
+    cell_rows: list[tuple[Any, ...]] = []
+    with tqdm(total=len(tasks), disable=not progress, unit="img", desc="synthetic fields") as bar:
+        if n_workers == 1:
+            for rows in map(_make_image, tasks):
+                cell_rows.extend(rows)
+                bar.update(1)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            chunk = max(1, min(4, len(tasks) // (8 * n_workers)))
+            with ctx.Pool(n_workers) as pool:
+                for rows in pool.imap(_make_image, tasks, chunksize=chunk):
+                    cell_rows.extend(rows)
+                    bar.update(1)
+    return cell_rows, manifest
 
 
 def generate_dataset(
@@ -1154,68 +1187,19 @@ def generate_dataset(
     if _check_existing(out_dir, config):
         return out_dir
     plans = plan_patients(config)
-    absolute = out_dir.absolute()
-    tmp = absolute.with_name(f"{absolute.name}.partial-{os.getpid()}")
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / IMAGES_DIR).mkdir(parents=True)
-    except OSError as exc:
-        raise MilCytoError(f"cannot create {tmp} next to {out_dir}: {exc}") from None
-    try:
-        tasks: list[_ImageTask] = []
-        manifest: list[tuple[str, ...]] = []
-        for plan in plans:
-            for index in plan.images:
-                rel = _image_name(index, config.n_images)
-                manifest.append((rel, plan.patient_id, plan.histology, plan.cytology, plan.hpv))
-                tasks.append(
-                    _ImageTask(
-                        index,
-                        rel,
-                        str(tmp / rel),
-                        plan.histology,
-                        plan.stain,
-                        config.seed,
-                        config.width,
-                        config.height,
-                        config.cells_per_field,
-                        config.atypical_per_field,
-                        config.um_per_px,
-                    )
-                )
-        n_workers = max(1, min(int(workers), len(tasks)))
-        cell_rows: list[tuple[Any, ...]] = []
-        with tqdm(
-            total=len(tasks), disable=not progress, unit="img", desc="synthetic fields"
-        ) as bar:
-            if n_workers == 1:
-                results: Iterator[list[tuple[Any, ...]]] = map(_make_image, tasks)
-                for rows in results:
-                    cell_rows.extend(rows)
-                    bar.update(1)
-            else:
-                ctx = multiprocessing.get_context("spawn")
-                chunk = max(1, min(4, len(tasks) // (8 * n_workers)))
-                with ctx.Pool(n_workers) as pool:
-                    for rows in pool.imap(_make_image, tasks, chunksize=chunk):
-                        cell_rows.extend(rows)
-                        bar.update(1)
-        _write_csv(tmp / MANIFEST_FILE, MANIFEST_COLUMNS, manifest)
-        _write_csv(tmp / CELLS_FILE, CELL_COLUMNS, cell_rows)
-        (tmp / CONFIG_FILE).write_text(
-            json.dumps(config.to_json_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(tmp, out_dir)  # atomic; also replaces an empty folder
-        except OSError:
-            # Another process finished the same folder first: accept it if it is ours.
-            if _check_existing(out_dir, config):
-                shutil.rmtree(tmp, ignore_errors=True)
-                return out_dir
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(out_dir) as tmp:
+            (tmp / IMAGES_DIR).mkdir()
+            cell_rows, manifest = _draw_images(tmp, plans, config, workers, progress)
+            write_csv(tmp / MANIFEST_FILE, MANIFEST_COLUMNS, manifest)
+            write_csv(tmp / CELLS_FILE, CELL_COLUMNS, cell_rows)
+            (tmp / CONFIG_FILE).write_text(
+                json.dumps(config.to_json_dict(), indent=2, sort_keys=True) + "\n",
+                encoding="utf-8",
+            )
+    except OSError:
+        # Another process finished the same folder first: accept it if it is ours.
+        if _check_existing(out_dir, config):
+            return out_dir
         raise
     return out_dir

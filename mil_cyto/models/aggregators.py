@@ -39,6 +39,20 @@ AGGREGATORS: Registry[nn.Module] = Registry("aggregator")
 BAG_NORM_EPS = 1e-2  # added to the squared robust scale, so constant features stay finite
 
 
+def robust_bag_stats(
+    x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = BAG_NORM_EPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per bag and feature of ``x`` ``(B, N, D)``: the median over real tiles and a robust
+    scale ``sqrt((1.4826 MAD)^2 + eps)``, each ``(B, 1, D)`` (NaN-free; padding ignored)."""
+    if mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    masked = x.masked_fill(~mask[..., None], float("nan"))
+    median = masked.nanmedian(dim=1, keepdim=True).values
+    mad = (masked - median).abs().nanmedian(dim=1, keepdim=True).values
+    scale = torch.sqrt((1.4826 * mad) ** 2 + eps)
+    return torch.nan_to_num(median), torch.nan_to_num(scale, nan=1.0)
+
+
 def standardise_within_bag(
     x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = BAG_NORM_EPS
 ) -> torch.Tensor:
@@ -51,15 +65,9 @@ def standardise_within_bag(
     that matter, shrinking every other tile of an abnormal photo, a photo-level cue the head
     learns instead of the cells (it ranked atypical tiles below the rest).
     """
-    if mask is None:
-        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    real = mask[..., None]
-    masked = x.masked_fill(~real, float("nan"))
-    median = masked.nanmedian(dim=1, keepdim=True).values
-    mad = (masked - median).abs().nanmedian(dim=1, keepdim=True).values
-    scale = torch.sqrt((1.4826 * mad) ** 2 + eps)
-    out = (x - torch.nan_to_num(median)) / torch.nan_to_num(scale, nan=1.0)
-    return out.masked_fill(~real, 0.0)
+    median, scale = robust_bag_stats(x, mask, eps)
+    out = (x - median) / scale
+    return out if mask is None else out.masked_fill(~mask[..., None], 0.0)
 
 
 class AttentionMIL(nn.Module):

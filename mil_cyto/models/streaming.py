@@ -11,24 +11,27 @@ from __future__ import annotations
 
 import torch
 
-from mil_cyto.models.aggregators import BAG_NORM_EPS, AttentionMIL, MILOutput
+from mil_cyto.models.aggregators import (
+    BAG_NORM_EPS,
+    AttentionMIL,
+    MILOutput,
+    robust_bag_stats,
+)
 
 
 def _robust_bag_stats(
     features: torch.Tensor, eps: float, columns: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per feature of one bag ``(N, D)``: median and robust scale ``(D,)``, as
-    ``standardise_within_bag`` computes them, ``columns`` features at a time (bounded memory)."""
-    d = features.shape[1]
-    median = torch.empty(d, dtype=torch.float32, device=features.device)
-    scale = torch.empty(d, dtype=torch.float32, device=features.device)
-    for c in range(0, d, columns):
-        block = features[:, c : c + columns].float()
-        m = block.median(dim=0).values
-        mad = (block - m).abs().median(dim=0).values
-        median[c : c + columns] = m
-        scale[c : c + columns] = torch.sqrt((1.4826 * mad) ** 2 + eps)
-    return median, scale
+    """``robust_bag_stats`` of one bag ``(N, D)`` as ``(D,)`` median and scale, computed
+    ``columns`` features at a time (bounded memory)."""
+    parts = [
+        robust_bag_stats(features[None, :, c : c + columns].float(), eps=eps)
+        for c in range(0, features.shape[1], columns)
+    ]
+    return (
+        torch.cat([m.reshape(-1) for m, _ in parts]),
+        torch.cat([s.reshape(-1) for _, s in parts]),
+    )
 
 
 @torch.inference_mode()

@@ -33,19 +33,6 @@ class TileMap:
     size_hw: tuple[int, int]
 
 
-@dataclass(frozen=True)
-class CellBox:
-    """An annotated cell: box ``x0, y0, x1, y1`` in photo pixels, its grade and kind."""
-
-    box: tuple[float, float, float, float]
-    grade: str
-    kind: str = ""
-
-    @property
-    def atypical(self) -> bool:
-        return self.grade != "normal"
-
-
 def is_run(path: Path) -> bool:
     """True when ``path`` holds every file the viewer needs."""
     return all((Path(path) / name).is_file() for name in REQUIRED)
@@ -183,25 +170,3 @@ class Run:
             if path.is_file():
                 return path
         return None
-
-
-def read_cells(path: Path) -> dict[str, list[CellBox]]:
-    """Every annotated cell per image id from a ``cells.csv`` (``image, x0, y0, x1, y1, grade``
-    and an optional ``kind``); grades are parsed like the training's labels."""
-    from mil_cyto.labels import parse_grade
-
-    path = Path(path)
-    cells: dict[str, list[CellBox]] = {}
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"image", "x0", "y0", "x1", "y1", "grade"} - set(reader.fieldnames or [])
-        if missing:
-            raise MilCytoError(f"{path}: missing columns {sorted(missing)}")
-        for row in reader:
-            try:
-                box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
-                grade = parse_grade(row["grade"])
-            except (ValueError, TypeError) as err:
-                raise MilCytoError(f"{path} line {reader.line_num}: {err}") from None
-            cells.setdefault(row["image"], []).append(CellBox(box, grade, row.get("kind") or ""))
-    return cells
