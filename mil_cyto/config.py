@@ -31,7 +31,7 @@ class TrainConfig:
     aggregator: str = "gated_abmil"
     aggregator_kwargs: dict[str, Any] | None = None
     bag_norm: bool = True  # standardise tile features within each photo before the head
-    instance_attention: bool = True  # attention logits = the tiles' ordinal instance logits
+    instance_attention: bool = True  # ABMIL heads: attention logits = tile instance logits
     tile_size: int = 96
     stride: int = 96
     min_tissue: float = 0.05

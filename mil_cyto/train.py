@@ -36,6 +36,7 @@ from mil_cyto.localization import localization_metrics, read_cell_boxes
 from mil_cyto.losses import BAG_LOSSES, INSTANCE_LOSSES
 from mil_cyto.metrics import classification_metrics, format_table
 from mil_cyto.models import MILModel, create_aggregator
+from mil_cyto.models.aggregators import INSTANCE_ATTENTION_HEADS
 from mil_cyto.reporting import (
     plot_attention_examples,
     plot_confusion,
@@ -148,11 +149,10 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         config.encoder, config.weights, config.weights_cache, config.encoder_kwargs or {}
     )
     encoder = create_encoder(spec)
-    aggregator_kwargs = {
-        "bag_norm": config.bag_norm,
-        "instance_attention": config.instance_attention,
-        **(config.aggregator_kwargs or {}),
-    }
+    aggregator_kwargs: dict[str, Any] = {"bag_norm": config.bag_norm}
+    if config.aggregator in INSTANCE_ATTENTION_HEADS:
+        aggregator_kwargs["instance_attention"] = config.instance_attention
+    aggregator_kwargs.update(config.aggregator_kwargs or {})
     aggregator = create_aggregator(
         config.aggregator, in_dim=encoder.out_dim, n_classes=len(GRADES), **aggregator_kwargs
     )
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--instance-attention",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help=f"attention from the per-tile grade logits ({d.instance_attention})",
+        help=f"ABMIL heads: attention from the per-tile grade logits ({d.instance_attention})",
     )
     add(
         "--instance-loss",

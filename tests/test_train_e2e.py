@@ -269,3 +269,17 @@ def test_default_command_meets_the_targets(tmp_path: Path) -> None:
     assert metrics["macro_specificity"] >= 0.94
     assert metrics["localization"]["instance_auroc"] >= 0.90
     assert metrics["localization"]["pointing_game"] >= 0.80
+
+
+@pytest.mark.parametrize("aggregator", ["mean", "clam_sb", "dsmil"])
+def test_default_config_trains_non_abmil_heads(
+    aggregator: str, tiny_data: Path, tmp_path: Path
+) -> None:
+    """``instance_attention`` (on by default) belongs to the ABMIL heads; the others still
+    train with the default configuration."""
+    run = tmp_path / "run"
+    assert (
+        main(["--data", str(tiny_data), "--out", str(run), "--aggregator", aggregator, *FAST]) == 0
+    )
+    recipe = json.loads((run / "model.json").read_text())
+    assert "instance_attention" not in json.dumps(recipe)

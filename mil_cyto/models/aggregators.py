@@ -142,6 +142,10 @@ class AttentionMIL(nn.Module):
         return self.attention_w(gate).squeeze(-1), instance
 
 
+INSTANCE_ATTENTION_HEADS = ("abmil", "gated_abmil")
+"""Aggregators that take ``instance_attention`` (attention from their instance head)."""
+
+
 @AGGREGATORS.register("abmil")
 def _abmil(in_dim: int, n_classes: int = 3, **kwargs: object) -> nn.Module:
     return AttentionMIL(in_dim, n_classes, gated=False, **kwargs)  # type: ignore[arg-type]
