@@ -6,18 +6,14 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from scipy.stats import rankdata
+from skimage.measure import block_reduce
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from scipy.stats import rankdata  # noqa: E402
-from skimage.measure import block_reduce  # noqa: E402
-
-from mil_cyto.errors import MilCytoError  # noqa: E402
-from mil_cyto.io import atomic_path  # noqa: E402
-from mil_cyto.reporting import paint_tiles  # noqa: E402
+from mil_cyto.errors import MilCytoError
+from mil_cyto.reporting import paint_tiles, save_figure
 
 NORMALISATIONS = ("rank", "minmax", "none")
 
@@ -87,7 +83,8 @@ def save_overlay(
     n = len(panels) + 1
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), dpi=90, squeeze=False)
+    fig = Figure(figsize=(3.6 * cols, 2.9 * rows), dpi=90)
+    axes = fig.subplots(rows, cols, squeeze=False)
     flat = list(axes.ravel())
     flat[0].imshow(photo)
     flat[0].set_title(title or "photo", fontsize=7)
@@ -102,7 +99,4 @@ def save_overlay(
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=0.8))
     for ax in flat:
         ax.set_axis_off()
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

@@ -8,19 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from mil_cyto.data.manifest import ManifestRow  # noqa: E402
-from mil_cyto.io import atomic_path  # noqa: E402
-from mil_cyto.labels import GRADES  # noqa: E402
-from mil_cyto.metrics import format_table  # noqa: E402
-from mil_cyto.reference import REFERENCE_ROWS  # noqa: E402
-from mil_cyto.training import Predictions  # noqa: E402
+from mil_cyto.data.manifest import ManifestRow
+from mil_cyto.io import atomic_path
+from mil_cyto.labels import GRADES
+from mil_cyto.metrics import format_table
+from mil_cyto.reference import REFERENCE_ROWS
+from mil_cyto.training import Predictions
 
 
 def write_predictions(path: Path, rows: Sequence[ManifestRow], pred: Predictions) -> None:
@@ -54,11 +51,19 @@ def write_attention(
             group.create_dataset("scores", data=pred.scores[i].astype(np.float32))
 
 
+def save_figure(fig: Figure, path: Path) -> None:
+    """Lay out ``fig`` and write it as a PNG atomically (no pyplot, no global backend)."""
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+
+
 def plot_confusion(path: Path, matrix: list[list[int]]) -> None:
     """Confusion matrix PNG: rows truth, columns prediction, counts and row shares."""
     cm = np.asarray(matrix)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
+    fig = Figure(figsize=(4.2, 3.8), dpi=120)
+    ax = fig.subplots()
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
@@ -69,10 +74,7 @@ def plot_confusion(path: Path, matrix: list[list[int]]) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true (histology)")
     ax.set_title("test photos")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def paint_tiles(size_hw: tuple[int, int], coords: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -107,7 +109,8 @@ def plot_attention_examples(
     (never used in training) in cyan.
     """
     n = len(photos)
-    fig, axes = plt.subplots(n, 2, figsize=(9, 3.5 * n), dpi=100, squeeze=False)
+    fig = Figure(figsize=(9, 3.5 * n), dpi=100)
+    axes = fig.subplots(n, 2, squeeze=False)
     for (title, photo, coords, scores, boxes), (left, right) in zip(photos, axes, strict=True):
         left.imshow(photo)
         left.set_title(title, fontsize=9)
@@ -127,10 +130,7 @@ def plot_attention_examples(
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=1))
         for ax in (left, right):
             ax.set_axis_off()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _fmt(value: float | None) -> str:
