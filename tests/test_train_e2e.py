@@ -249,7 +249,7 @@ def test_help_lists_the_options() -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 2 open: the default reaches about 0.60 accuracy, not 0.90 (see the note)",
+    reason="issue 2 open: the default reaches about 0.65 accuracy, not 0.90 (see the note)",
 )
 def test_default_command_meets_the_targets(tmp_path: Path) -> None:
     """The embedded default (built-in synthetic set, CPU) against the issue's targets."""
