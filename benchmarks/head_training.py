@@ -135,13 +135,15 @@ def main() -> None:
         train, val, test = split.take(bags)
 
         torch.manual_seed(f)
-        model = MILModel(None, create_aggregator("gated_abmil", in_dim=DIM, bag_norm=True))
+        head = create_aggregator("gated_abmil", in_dim=DIM, bag_norm=True, instance_attention=True)
+        model = MILModel(None, head)
         config = FitConfig(
             epochs=args.epochs,
             batch_bags=args.batch_bags,
             lr=args.lr,
             seed=f,
             instance_loss_weight=1.0,
+            instance_loss="propagate",
         )
         cpu = time.process_time()
         result = fit(model, train, val, config, torch.device("cpu"), progress=False)

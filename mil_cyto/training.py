@@ -6,10 +6,12 @@ Two modes share one loop: ``finetune`` trains encoder and head together on uint8
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,9 @@ from mil_cyto.distributed import DistContext, ddp_forward, shard_epoch
 from mil_cyto.labels import GRADES
 from mil_cyto.losses import bag_loss, ordinal_instance_loss
 from mil_cyto.metrics import classification_metrics
-from mil_cyto.models.aggregators import MILOutput
+from mil_cyto.models.aggregators import MILOutput, standardise_features
 from mil_cyto.models.mil_model import MILModel, pad_bags
-from mil_cyto.sampling import epoch_order, subsample_bag
+from mil_cyto.sampling import bucket_by_length, epoch_order, subsample_bag
 
 
 @dataclass
@@ -147,25 +149,61 @@ def predict(
     chunk: int = 1024,
     progress: bool = False,
     desc: str = "predicting",
+    batch_bags: int = 64,
 ) -> Predictions:
-    """Class probabilities and per-tile attention for every bag, one photo at a time."""
+    """Class probabilities and per-tile attention for every bag: cached features in padded
+    batches of ``batch_bags`` photos (padding changes nothing), tiles one photo at a time."""
     model.eval()
+    per_step = batch_bags if model.encoder is None else 1
     probs, attention, scores, losses = [], [], [], []
-    for bag in tqdm(bags, desc=desc, disable=not progress, unit="photo"):
-        out = _forward(model, [bag], device, chunk=chunk)
-        logits = out.logits.float()
-        losses.append(F.cross_entropy(logits, torch.tensor([bag.label], device=device)).item())
-        probs.append(torch.softmax(logits, dim=1)[0].cpu().numpy())
-        attention.append(out.attention[0].float().cpu().numpy())
-        scores.append(out.scores[0].float().cpu().numpy())
+    with bag_norm_once(model, bags) as (ready,):
+        steps = range(0, len(ready), per_step)
+        for i in tqdm(steps, desc=desc, disable=not progress, unit="step"):
+            part = ready[i : i + per_step]
+            out = _forward(model, part, device, chunk=chunk)
+            logits = out.logits.float()
+            target = torch.tensor([b.label for b in part], device=device)
+            losses.append(F.cross_entropy(logits, target, reduction="none").cpu())
+            probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+            for row, bag in enumerate(part):
+                n = len(bag.features if model.encoder is None else bag.tiles)
+                attention.append(out.attention[row, :n].float().cpu().numpy())
+                scores.append(out.scores[row, :n].float().cpu().numpy())
     return Predictions(
         image_ids=[b.image_id for b in bags],
         labels=np.array([b.label for b in bags]),
-        probs=np.stack(probs),
+        probs=np.concatenate(probs),
         attention=attention,
         scores=scores,
-        loss=float(np.mean(losses)),
+        loss=float(torch.cat(losses).mean()),
     )
+
+
+@contextlib.contextmanager
+def bag_norm_once(model: MILModel, *bag_lists: Sequence[Any]) -> Iterator[list[Sequence[Any]]]:
+    """Yield ``bag_lists`` ready for ``model``: cached features standardised within each bag
+    once, with the head's own per-step standardisation switched off until the block ends.
+
+    The head's within-bag standardisation (``bag_norm``) is a fixed function of its input; on
+    frozen features recomputing its medians at every step and for every validation pass was
+    most of an epoch's time. Tiles (fine-tuning) and heads without ``bag_norm`` pass through.
+    A ``max_tiles`` subsample then takes the statistics of the whole photo, not the subsample.
+    The copies take as much memory as the features themselves while the block runs.
+    """
+    head = model.aggregator
+    if model.encoder is not None or not getattr(head, "bag_norm", False):
+        yield list(bag_lists)
+        return
+    ready = [_standardised(bags) for bags in bag_lists]
+    head.bag_norm = False
+    try:
+        yield ready
+    finally:
+        head.bag_norm = True
+
+
+def _standardised(bags: Sequence[FeatureBag]) -> list[FeatureBag]:
+    return [dataclasses.replace(b, features=standardise_features(b.features)) for b in bags]
 
 
 def _selection_key(metrics: dict[str, Any], loss: float) -> tuple[float, float]:
@@ -199,6 +237,7 @@ def fit(
     order_gen = torch.Generator().manual_seed(config.seed) if runner else generator
     aug_gen = torch.Generator().manual_seed(config.seed + 7919 * ctx.rank) if runner else generator
     labels = np.array([b.label for b in train_bags])
+    lengths = [len(b.features) for b in train_bags] if model.encoder is None else []
     weight = None
     if config.class_weights:
         present = np.unique(labels)
@@ -239,68 +278,77 @@ def fit(
             )
             best_key = tuple(restored.best_key) if restored.best_key else None  # type: ignore[assignment]
             best_state = restored.best_state
-    epochs = tqdm(range(first, config.epochs), desc="training", unit="epoch", disable=not progress)
-    for epoch in epochs:
-        model.train()
-        order = shard_epoch(epoch_order(labels.tolist(), order_gen, config.balanced_sampling), ctx)
-        total, seen = 0.0, 0
-        for i in range(0, len(order), config.batch_bags):
-            batch = [
-                subsample_bag(train_bags[j], config.max_tiles, generator)
-                for j in order[i : i + config.batch_bags]
-            ]
-            target = torch.tensor([b.label for b in batch], device=device)
-            out = _forward(
-                model,
-                batch,
-                device,
-                aug_gen if config.augment else None,
-                chunk=config.chunk,
-                runner=runner,
-                checkpoint=config.checkpoint,
-            )
-            loss = bag_loss(out.logits, target, weight, config.loss)
-            if out.instance_logits is not None and config.instance_loss_weight > 0:
-                loss = loss + config.instance_loss_weight * ordinal_instance_loss(
-                    out, target, config.instance_loss
+    # frozen features: the within-bag standardisation once, not at every step
+    with bag_norm_once(model, train_bags, val_bags) as (train_bags, val_bags):
+        epochs = tqdm(
+            range(first, config.epochs), desc="training", unit="epoch", disable=not progress
+        )
+        for epoch in epochs:
+            model.train()
+            order = epoch_order(labels.tolist(), order_gen, config.balanced_sampling)
+            if model.encoder is None:  # padded feature batches: little padding per batch
+                order = bucket_by_length(order, lengths, config.batch_bags, order_gen)
+            order = shard_epoch(order, ctx)
+            total, seen = 0.0, 0
+            for i in range(0, len(order), config.batch_bags):
+                batch = [
+                    subsample_bag(train_bags[j], config.max_tiles, generator)
+                    for j in order[i : i + config.batch_bags]
+                ]
+                target = torch.tensor([b.label for b in batch], device=device)
+                out = _forward(
+                    model,
+                    batch,
+                    device,
+                    aug_gen if config.augment else None,
+                    chunk=config.chunk,
+                    runner=runner,
+                    checkpoint=config.checkpoint,
                 )
-            auxiliary = getattr(model.aggregator, "auxiliary_loss", None)
-            if auxiliary is not None:  # e.g. CLAM's instance clustering, DSMIL's max stream
-                loss = loss + auxiliary(out, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(batch)
-            seen += len(batch)
-        val = predict(model, val_bags, device)
-        val_metrics = classification_metrics(val.labels, val.preds)
-        key = _selection_key(val_metrics, val.loss)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": total / max(seen, 1),
-            "val_loss": val.loss,
-            "val_accuracy": val_metrics["accuracy"],
-            "val_macro_sensitivity": val_metrics["macro_sensitivity"],
-        }
-        result.history.append(row)
-        if best_key is None or key > best_key:
-            best_key, result.best_epoch = key, epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
-        epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
-        if resume_dir:
-            best = (best_key, result.best_epoch, best_state)
-            resume.snapshot_fit(
-                Path(resume_dir),
-                run_id,
-                epoch + 1,
-                model,
-                optimizer,
-                scheduler,
-                generator,
-                best,
-                result.history,
+                loss = bag_loss(out.logits, target, weight, config.loss)
+                if out.instance_logits is not None and config.instance_loss_weight > 0:
+                    loss = loss + config.instance_loss_weight * ordinal_instance_loss(
+                        out, target, config.instance_loss
+                    )
+                auxiliary = getattr(model.aggregator, "auxiliary_loss", None)
+                if auxiliary is not None:  # e.g. CLAM's instance clustering, DSMIL's max stream
+                    loss = loss + auxiliary(out, target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(batch)
+                seen += len(batch)
+            val = predict(model, val_bags, device)
+            val_metrics = classification_metrics(val.labels, val.preds)
+            key = _selection_key(val_metrics, val.loss)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": total / max(seen, 1),
+                "val_loss": val.loss,
+                "val_accuracy": val_metrics["accuracy"],
+                "val_macro_sensitivity": val_metrics["macro_sensitivity"],
+            }
+            result.history.append(row)
+            if best_key is None or key > best_key:
+                best_key, result.best_epoch = key, epoch + 1
+                best_state = copy.deepcopy(model.state_dict())
+            epochs.set_postfix(
+                loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}"
             )
+            if resume_dir:
+                best = (best_key, result.best_epoch, best_state)
+                resume.snapshot_fit(
+                    Path(resume_dir),
+                    run_id,
+                    epoch + 1,
+                    model,
+                    optimizer,
+                    scheduler,
+                    generator,
+                    best,
+                    result.history,
+                )
     if best_state is not None:
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - start

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,6 +69,21 @@ def standardise_within_bag(
     median, scale = robust_bag_stats(x, mask, eps)
     out = (x - median) / scale
     return out if mask is None else out.masked_fill(~mask[..., None], 0.0)
+
+
+def standardise_features(features: np.ndarray, eps: float = BAG_NORM_EPS) -> np.ndarray:
+    """:func:`standardise_within_bag` of one bag's cached features ``(N, D)`` float32, in
+    NumPy: the same (lower) medians by partial sorts, several times faster than torch's
+    median, for features that need no gradient (computed once per bag on frozen features)."""
+    if len(features) == 0:
+        return features.copy()
+    k = (len(features) - 1) // 2  # torch's median is the lower middle value
+    columns = np.ascontiguousarray(features.T, dtype=np.float32)  # (D, N)
+    median = np.partition(columns, k, axis=1)[:, k : k + 1]
+    deviation = np.abs(columns - median)
+    mad = np.partition(deviation, k, axis=1)[:, k : k + 1]
+    scale = np.sqrt((np.float32(1.4826) * mad) ** 2 + np.float32(eps))
+    return np.ascontiguousarray(((columns - median) / scale).T)
 
 
 class AttentionMIL(nn.Module):
