@@ -27,6 +27,7 @@ import torch
 
 from mil_cyto import __version__
 from mil_cyto.baseline import BaselineConfig, load_resized, run_baseline
+from mil_cyto.config import TrainConfig
 from mil_cyto.data.bags import Bag, load_bags
 from mil_cyto.data.manifest import ManifestRow, read_manifest
 from mil_cyto.data.splits import Split, fixed_split, patient_folds
@@ -80,7 +81,7 @@ BUDGETS: dict[str, Budget] = {
         folds=3,
         encoder_epochs=4,
         encoder_max_tiles=48,
-        mil_epochs=20,
+        mil_epochs=12,
         cnn_size=192,
         cnn_epochs=3,
         cnn_batch_size=16,
@@ -131,19 +132,26 @@ def fold_features(
     tile_bags: list[Bag], split: Split, budget: Budget, seed: int
 ) -> list[FeatureBag]:
     """The fold's shared tile features: a small CNN fine-tuned end to end on the fold's
-    training photos (with the default gated-ABMIL head and ordinal instance loss, model
+    training photos (with the head and instance loss of `mil_cyto.train`'s defaults, model
     chosen on validation; ``encoder_epochs`` = 0 keeps the seeded random init), then frozen
     and applied to every photo. Test photos never touch the encoder's training."""
     seed_everything(seed)
     encoder = create_encoder(EncoderSpec(budget.encoder, kwargs=dict(budget.encoder_kwargs)))
     if budget.encoder_epochs > 0:
-        head = create_aggregator("gated_abmil", in_dim=encoder.out_dim, bag_norm=True)
+        defaults = TrainConfig()  # the head and instance loss of `python -m mil_cyto.train`
+        head = create_aggregator(
+            defaults.aggregator,
+            in_dim=encoder.out_dim,
+            bag_norm=defaults.bag_norm,
+            instance_attention=defaults.instance_attention,
+        )
         model = MILModel(encoder, head)
         config = FitConfig(
             epochs=budget.encoder_epochs,
-            lr=1e-3,
+            lr=defaults.lr,
             seed=seed,
-            instance_loss_weight=1.0,
+            instance_loss_weight=defaults.instance_loss_weight,
+            instance_loss=defaults.instance_loss,
             max_tiles=budget.encoder_max_tiles,
         )
         fit(
