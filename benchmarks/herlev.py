@@ -275,6 +275,11 @@ MIL_CYTO_DATA=../shared/data python benchmarks/herlev.py {argv}
   accuracy {_fmt(sc["test_accuracy"])}, mean sensitivity {_fmt(sc["test_macro_sensitivity"])}.
   This bounds what the small CNN can tell apart at this resolution: Herlev here is
   downsampled to 40x40 px (squashed), so chromatin and texture are largely lost.
+- Why every row sits near chance (0.33 for three balanced grades): a field holds 20-40
+  cells, of which 1-5 are atypical in an abnormal field. A cell classifier that is right on
+  two cells in three (the encoder above) calls several normal cells of every normal field
+  atypical, as many as an abnormal field holds, so the field-level evidence drowns; image
+  labels alone cannot do better than the cells' own separability.
 - Settings: MIL `--epochs {args.epochs} --tile-size {args.tile_size} --stride
   {args.tile_size}`; whole image `{args.baseline_arch}` at {args.baseline_size} px,
   {args.baseline_epochs} epochs, from scratch (no pretrained weights offline);
