@@ -211,6 +211,55 @@ def _selection_key(metrics: dict[str, Any], loss: float) -> tuple[float, float]:
     return (metrics["macro_sensitivity"] or 0.0, -loss)
 
 
+def _train_epoch(
+    model: MILModel,
+    bags: Sequence[Any],
+    order: list[int],
+    config: FitConfig,
+    device: torch.device,
+    weight: torch.Tensor | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    aug_gen: torch.Generator,
+    runner: torch.nn.Module | None,
+) -> float:
+    """One pass over ``bags`` in ``order``, ``config.batch_bags`` photos per optimiser step;
+    returns the mean training loss per photo."""
+    model.train()
+    total, seen = 0.0, 0
+    for i in range(0, len(order), config.batch_bags):
+        batch = [
+            subsample_bag(bags[j], config.max_tiles, generator)
+            for j in order[i : i + config.batch_bags]
+        ]
+        target = torch.tensor([b.label for b in batch], device=device)
+        out = _forward(
+            model,
+            batch,
+            device,
+            aug_gen if config.augment else None,
+            chunk=config.chunk,
+            runner=runner,
+            checkpoint=config.checkpoint,
+        )
+        loss = bag_loss(out.logits, target, weight, config.loss)
+        if out.instance_logits is not None and config.instance_loss_weight > 0:
+            loss = loss + config.instance_loss_weight * ordinal_instance_loss(
+                out, target, config.instance_loss
+            )
+        auxiliary = getattr(model.aggregator, "auxiliary_loss", None)
+        if auxiliary is not None:  # e.g. CLAM's instance clustering, DSMIL's max stream
+            loss = loss + auxiliary(out, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(batch)
+        seen += len(batch)
+    return total / max(seen, 1)
+
+
 def fit(
     model: MILModel,
     train_bags: Sequence[Any],
@@ -284,47 +333,32 @@ def fit(
             range(first, config.epochs), desc="training", unit="epoch", disable=not progress
         )
         for epoch in epochs:
-            model.train()
             order = epoch_order(labels.tolist(), order_gen, config.balanced_sampling)
             if model.encoder is None:  # padded feature batches: little padding per batch
-                order = bucket_by_length(order, lengths, config.batch_bags, order_gen)
+                # bucketed by the global batch, so that N ranks x B photos per step train as
+                # one process with N x B photos per step
+                step_bags = config.batch_bags * ctx.world_size
+                order = bucket_by_length(order, lengths, step_bags, order_gen)
             order = shard_epoch(order, ctx)
-            total, seen = 0.0, 0
-            for i in range(0, len(order), config.batch_bags):
-                batch = [
-                    subsample_bag(train_bags[j], config.max_tiles, generator)
-                    for j in order[i : i + config.batch_bags]
-                ]
-                target = torch.tensor([b.label for b in batch], device=device)
-                out = _forward(
-                    model,
-                    batch,
-                    device,
-                    aug_gen if config.augment else None,
-                    chunk=config.chunk,
-                    runner=runner,
-                    checkpoint=config.checkpoint,
-                )
-                loss = bag_loss(out.logits, target, weight, config.loss)
-                if out.instance_logits is not None and config.instance_loss_weight > 0:
-                    loss = loss + config.instance_loss_weight * ordinal_instance_loss(
-                        out, target, config.instance_loss
-                    )
-                auxiliary = getattr(model.aggregator, "auxiliary_loss", None)
-                if auxiliary is not None:  # e.g. CLAM's instance clustering, DSMIL's max stream
-                    loss = loss + auxiliary(out, target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += loss.item() * len(batch)
-                seen += len(batch)
+            train_loss = _train_epoch(
+                model,
+                train_bags,
+                order,
+                config,
+                device,
+                weight,
+                optimizer,
+                scheduler,
+                generator,
+                aug_gen,
+                runner,
+            )
             val = predict(model, val_bags, device)
             val_metrics = classification_metrics(val.labels, val.preds)
             key = _selection_key(val_metrics, val.loss)
             row = {
                 "epoch": epoch + 1,
-                "train_loss": total / max(seen, 1),
+                "train_loss": train_loss,
                 "val_loss": val.loss,
                 "val_accuracy": val_metrics["accuracy"],
                 "val_macro_sensitivity": val_metrics["macro_sensitivity"],

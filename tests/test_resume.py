@@ -27,11 +27,13 @@ from mil_cyto.data.synthetic import SynthConfig, generate_dataset
 from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.encoders import create_encoder
 from mil_cyto.features import BagStore, extract_to_store
+from mil_cyto.features.store import bag_key
 from mil_cyto.models import MILModel, create_aggregator
 from mil_cyto.training import FeatureBag, FitConfig, fit
 
 REPO = Path(__file__).resolve().parents[1]
 TILING = TilingConfig(48, 48, 0.05)
+BATCH = 8  # tiles per encoder call in the killed extraction: several calls per photo
 
 EXTRACT_SCRIPT = """
 import sys, torch
@@ -44,13 +46,13 @@ torch.manual_seed(0)
 encoder = create_encoder("smallcnn")
 plain = encoder.forward
 def gated(tiles):
-    print("photo", flush=True)  # after the previous photo was written and flushed
+    print("batch", flush=True)  # batches span photos; finished photos are already written
     sys.stdin.readline()  # wait for the test's go-ahead: it kills the process here instead
     return plain(tiles)
 encoder.forward = gated
 rows = read_manifest(sys.argv[1])
 extract_to_store(rows, encoder, sys.argv[2], tiling=TilingConfig(48, 48, 0.05),
-                 provenance={"encoder": "smallcnn"}, workers=1, progress=False)
+                 provenance={"encoder": "smallcnn"}, batch_size=BATCH, workers=1, progress=False)
 print("done", flush=True)
 """
 
@@ -68,12 +70,13 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _encoder(calls: list[int]) -> torch.nn.Module:
+    """The script's encoder; ``calls`` receives the number of tiles of every call."""
     torch.manual_seed(0)
     encoder = create_encoder("smallcnn")
     plain = encoder.forward
 
     def counting(tiles: torch.Tensor) -> torch.Tensor:
-        calls.append(1)
+        calls.append(len(tiles))
         return plain(tiles)
 
     encoder.forward = counting  # type: ignore[method-assign]
@@ -89,7 +92,7 @@ def test_extraction_killed_then_resumed(tiny_data: Path, tmp_path: Path) -> None
     manifest.write_text("\n".join(lines).replace("images/", f"{tiny_data}/images/") + "\n")
     store = tmp_path / "features.h5"
     script = tmp_path / "extract.py"
-    script.write_text(EXTRACT_SCRIPT)
+    script.write_text(EXTRACT_SCRIPT.replace("BATCH", str(BATCH)))
     proc = subprocess.Popen(
         [sys.executable, str(script), str(manifest), str(store)],
         stdin=subprocess.PIPE,
@@ -99,21 +102,21 @@ def test_extraction_killed_then_resumed(tiny_data: Path, tmp_path: Path) -> None
     )
     assert proc.stdout is not None and proc.stdin is not None
     seen = 0
-    while seen < 4:  # let photos 1-3 through; kill while photo 4 is being embedded
+    while seen < 6:  # let 5 batches (40 tiles) through; kill while the 6th is being embedded
         line = proc.stdout.readline()
         assert line, "extraction ended before it could be killed"
-        if line.strip() == "photo":
+        if line.strip() == "batch":
             seen += 1
-            if seen < 4:
+            if seen < 6:
                 proc.stdin.write("\n")
                 proc.stdin.flush()
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     partial = store.with_name(store.name + ".partial")
     assert not store.exists() and partial.is_file()  # nothing half-finished under the real name
-    with h5py.File(partial, "r") as handle:  # the partial file is readable, 3 photos complete
-        complete = [k for k, g in handle["bags"].items() if g.attrs.get("complete")]
-    assert len(complete) == 3
+    with h5py.File(partial, "r") as handle:  # the partial file is readable
+        complete = {k for k, g in handle["bags"].items() if g.attrs.get("complete")}
+    assert 1 <= len(complete) < len(rows)  # some photos finished, not all
 
     calls: list[int] = []
     rows = read_manifest(manifest)
@@ -126,7 +129,9 @@ def test_extraction_killed_then_resumed(tiny_data: Path, tmp_path: Path) -> None
         workers=1,
         progress=False,
     )
-    assert len(calls) == len(rows) - 3  # only the missing photos were embedded
+    with BagStore(store) as done:  # only the tiles of the unfinished photos were embedded
+        missing = [r.image_id for r in rows if bag_key(r.image_id) not in complete]
+        assert sum(calls) == sum(len(done[i][0]) for i in missing)
     assert not partial.exists()
     fresh = tmp_path / "fresh.h5"
     extract_to_store(
