@@ -32,10 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mil_cyto.config import TrainConfig
 from mil_cyto.data.splits import patient_folds
 from mil_cyto.metrics import classification_metrics
-from mil_cyto.models import MILModel, create_aggregator, pad_bags
-from mil_cyto.training import FeatureBag, FitConfig, fit, predict
+from mil_cyto.models import MILModel, pad_bags
+from mil_cyto.train import create_fit_config, create_head
+from mil_cyto.training import FeatureBag, fit, predict
 
 N_BAGS, N_PATIENTS, DIM = 2619, 550, 512
 COUNTS = (1504, 360, 755)
@@ -135,15 +137,10 @@ def main() -> None:
         train, val, test = split.take(bags)
 
         torch.manual_seed(f)
-        head = create_aggregator("gated_abmil", in_dim=DIM, bag_norm=True, instance_attention=True)
-        model = MILModel(None, head)
-        config = FitConfig(
-            epochs=args.epochs,
-            batch_bags=args.batch_bags,
-            lr=args.lr,
-            seed=f,
-            instance_loss_weight=1.0,
-            instance_loss="propagate",
+        defaults = TrainConfig()  # the head and losses of `python -m mil_cyto.train`
+        model = MILModel(None, create_head(defaults, DIM))
+        config = create_fit_config(
+            defaults, epochs=args.epochs, batch_bags=args.batch_bags, lr=args.lr, seed=f
         )
         cpu = time.process_time()
         result = fit(model, train, val, config, torch.device("cpu"), progress=False)

@@ -6,8 +6,7 @@ Steps (each a separate command, run as a subprocess so that every figure can be 
    and the Herlev nucleus/cytoplasm masks, at the mosaic command's default field settings.
 2. ``python -m mil_cyto.train`` once per MIL aggregator (image-level labels only), on the
    mosaic's cell-disjoint train / val / test split.
-3. ``python -m mil_cyto.compare`` when that module exists in this installation (it is
-   checked with importlib at run time and the output says whether it ran).
+3. ``python -m mil_cyto.compare`` (quick budget) on the same split, at the MIL rows' tiles.
 4. ``python -m mil_cyto.baseline``: a whole-image CNN on the same split.
 5. ``benchmarks/instance_upper_bound.py``: REFERENCE ONLY, an encoder trained on the
    single-cell labels feeding the same MIL head.
@@ -21,7 +20,6 @@ Then it writes ``docs/benchmarks.md`` (table, settings, exact command, gap to th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
@@ -151,22 +149,18 @@ def main() -> None:
         results[f"mil-{agg}"] = m
         rows.append(_row(f"MIL: smallcnn + {agg} (ours)", m, m["timing_s"].get("training")))
 
-    has_compare = importlib.util.find_spec("mil_cyto.compare") is not None
-    compare_note = "mil_cyto.compare: not available in this installation (not run)"
-    if has_compare:
-        _run(
-            [
-                *[py, "-m", "mil_cyto.compare", "--data", str(mosaic)],
-                *["--out", str(out / f"compare-tile{args.tile_size}"), "--quiet"],
-                *["--tile-size", str(args.tile_size), "--stride", str(args.tile_size)],
-            ],
-            out / "compare.log",
-        )
-        compare_note = (
-            f"mil_cyto.compare (budget quick, the MIL rows' {args.tile_size}-px tiles): ran, "
-            f"table in {out / f'compare-tile{args.tile_size}' / 'comparison.md'}"
-        )
-    print(compare_note)
+    compare_dir = out / f"compare-tile{args.tile_size}"  # at the MIL rows' tile size
+    _run(
+        [
+            *[py, "-m", "mil_cyto.compare", "--data", str(mosaic), "--out", str(compare_dir)],
+            *["--quiet", "--tile-size", str(args.tile_size), "--stride", str(args.tile_size)],
+        ],
+        out / "compare.log",
+    )
+    compare_note = (
+        f"mil_cyto.compare (budget quick, the MIL rows' {args.tile_size}-px tiles): ran, "
+        f"table in {compare_dir / 'comparison.md'}"
+    )
 
     base_run = out / "whole_image"  # finished steps are reused, as the MIL runs are
     if not (base_run / "metrics.json").is_file():
@@ -207,9 +201,8 @@ def main() -> None:
     )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
-    compare_md = out / f"compare-tile{args.tile_size}" / "comparison.md"
-    compare_table = _first_table(compare_md) if has_compare and compare_md.is_file() else ""
-    _write_doc(args, rows, results, compare_note + (compare_table or "."), argv)
+    compare_note += _first_table(compare_dir / "comparison.md")
+    _write_doc(args, rows, results, compare_note, argv)
     print(f"wrote {args.doc} ({time.perf_counter() - start:.0f} s)")
 
 

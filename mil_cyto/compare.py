@@ -42,6 +42,7 @@ from mil_cyto.models import AGGREGATORS, MILModel, create_aggregator
 from mil_cyto.models.whole_image import STUDY_ARCHS
 from mil_cyto.profiling import measure
 from mil_cyto.reference import REFERENCE_ROWS
+from mil_cyto.train import create_fit_config, create_head
 from mil_cyto.training import FeatureBag, FitConfig, fit, predict, seed_everything
 
 DEFAULT_METHODS = [
@@ -139,20 +140,9 @@ def fold_features(
     encoder = create_encoder(EncoderSpec(budget.encoder, kwargs=dict(budget.encoder_kwargs)))
     if budget.encoder_epochs > 0:
         defaults = TrainConfig()  # the head and instance loss of `python -m mil_cyto.train`
-        head = create_aggregator(
-            defaults.aggregator,
-            in_dim=encoder.out_dim,
-            bag_norm=defaults.bag_norm,
-            instance_attention=defaults.instance_attention,
-        )
-        model = MILModel(encoder, head)
-        config = FitConfig(
-            epochs=budget.encoder_epochs,
-            lr=defaults.lr,
-            seed=seed,
-            instance_loss_weight=defaults.instance_loss_weight,
-            instance_loss=defaults.instance_loss,
-            max_tiles=budget.encoder_max_tiles,
+        model = MILModel(encoder, create_head(defaults, encoder.out_dim))
+        config = create_fit_config(
+            defaults, epochs=budget.encoder_epochs, seed=seed, max_tiles=budget.encoder_max_tiles
         )
         fit(
             model,

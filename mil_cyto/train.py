@@ -108,6 +108,28 @@ def _feature_bags(
     return bags
 
 
+def head_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """Keyword arguments of the MIL head ``config`` names (saved in the model recipe)."""
+    kwargs: dict[str, Any] = {"bag_norm": config.bag_norm}
+    if config.aggregator in INSTANCE_ATTENTION_HEADS:
+        kwargs["instance_attention"] = config.instance_attention
+    kwargs.update(config.aggregator_kwargs or {})
+    return kwargs
+
+
+def create_head(config: TrainConfig, in_dim: int) -> torch.nn.Module:
+    """The MIL head ``config`` names, for ``in_dim``-sized tile features."""
+    return create_aggregator(
+        config.aggregator, in_dim=in_dim, n_classes=len(GRADES), **head_kwargs(config)
+    )
+
+
+def create_fit_config(config: TrainConfig, **overrides: Any) -> FitConfig:
+    """``config``'s optimisation settings as a :class:`FitConfig`, with ``overrides``."""
+    values = {f.name: getattr(config, f.name) for f in fields(FitConfig) if hasattr(config, f.name)}
+    return FitConfig(**{**values, **overrides})
+
+
 def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Train, select on validation, evaluate on test and write the run folder.
 
@@ -149,13 +171,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         config.encoder, config.weights, config.weights_cache, config.encoder_kwargs or {}
     )
     encoder = create_encoder(spec)
-    aggregator_kwargs: dict[str, Any] = {"bag_norm": config.bag_norm}
-    if config.aggregator in INSTANCE_ATTENTION_HEADS:
-        aggregator_kwargs["instance_attention"] = config.instance_attention
-    aggregator_kwargs.update(config.aggregator_kwargs or {})
-    aggregator = create_aggregator(
-        config.aggregator, in_dim=encoder.out_dim, n_classes=len(GRADES), **aggregator_kwargs
-    )
+    aggregator = create_head(config, encoder.out_dim)
     step = time.perf_counter()
     if config.mode == "finetune":
         bags: list[Any] = load_bags(rows, tiling, workers=config.workers, progress=progress)
@@ -169,23 +185,8 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         model = MILModel(None, aggregator)
         timing["feature extraction"] = time.perf_counter() - step
 
-    fit_config = FitConfig(
-        epochs=config.epochs,
-        batch_bags=config.batch_bags,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        class_weights=config.class_weights,
-        augment=config.augment,
-        seed=config.seed,
-        instance_loss_weight=config.instance_loss_weight,
-        instance_loss=config.instance_loss,
-        resume_dir=str(run_dir / RESUME_DIR),  # a killed run, rerun with the same --out, resumes
-        balanced_sampling=config.balanced_sampling,
-        loss=config.loss,
-        max_tiles=config.max_tiles,
-        chunk=config.chunk,
-        checkpoint=config.checkpoint,
-    )
+    # a killed run, rerun with the same --out, resumes
+    fit_config = create_fit_config(config, resume_dir=str(run_dir / RESUME_DIR))
     train_bags, val_bags, test_bags = split.take(bags)
     result = fit(model, train_bags, val_bags, fit_config, device, progress=progress, dist_ctx=ctx)
     timing["training"] = result.seconds
@@ -211,7 +212,8 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     step = time.perf_counter()
     if model.encoder is None:
         model = MILModel(encoder, aggregator)
-    recipe = model_recipe(spec, config.aggregator, aggregator_kwargs, encoder.out_dim, vars(tiling))
+    kwargs = head_kwargs(config)
+    recipe = model_recipe(spec, config.aggregator, kwargs, encoder.out_dim, vars(tiling))
     save_model(run_dir, model, recipe)
     write_predictions(run_dir / "predictions.csv", test_rows, pred)
     sizes = {r.image_id: tuple(bags[i].size) for r, i in zip(test_rows, split.test, strict=True)}

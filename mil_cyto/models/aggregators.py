@@ -38,6 +38,7 @@ AGGREGATORS: Registry[nn.Module] = Registry("aggregator")
 
 
 BAG_NORM_EPS = 1e-2  # added to the squared robust scale, so constant features stay finite
+MAD_TO_SD = 1.4826  # median absolute deviation x this = standard deviation for normal data
 
 
 def robust_bag_stats(
@@ -50,7 +51,7 @@ def robust_bag_stats(
     masked = x.masked_fill(~mask[..., None], float("nan"))
     median = masked.nanmedian(dim=1, keepdim=True).values
     mad = (masked - median).abs().nanmedian(dim=1, keepdim=True).values
-    scale = torch.sqrt((1.4826 * mad) ** 2 + eps)
+    scale = torch.sqrt((MAD_TO_SD * mad) ** 2 + eps)
     return torch.nan_to_num(median), torch.nan_to_num(scale, nan=1.0)
 
 
@@ -82,7 +83,7 @@ def standardise_features(features: np.ndarray, eps: float = BAG_NORM_EPS) -> np.
     median = np.partition(columns, k, axis=1)[:, k : k + 1]
     deviation = np.abs(columns - median)
     mad = np.partition(deviation, k, axis=1)[:, k : k + 1]
-    scale = np.sqrt((np.float32(1.4826) * mad) ** 2 + np.float32(eps))
+    scale = np.sqrt((np.float32(MAD_TO_SD) * mad) ** 2 + np.float32(eps))
     return np.ascontiguousarray(((columns - median) / scale).T)
 
 
