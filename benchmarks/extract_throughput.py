@@ -4,7 +4,12 @@
    tissue tiling, cross-photo batching on a background thread, compiled forward, writes);
 2. ``raw``: the bare compiled forward of the same model on the same tiles, already cut and
    batched in memory (the ceiling for the package);
-3. ``eager``: plain eager timm (NCHW float input, ``torch.no_grad``), the usual user code.
+3. ``eager``: plain eager timm (NCHW float input, ``torch.no_grad``, float32), the usual
+   user code.
+
+``--device cuda`` runs all three on the GPU: the package and the raw forward under the
+package's fp16 autocast, eager timm in float32 with each batch copied to the GPU and the
+features back (as user code does); every timing ends with the features on the host.
 
 The three are timed in interleaved rounds so that load from other processes falls on all
 of them alike. Compilation happens once, before timing. The last line is JSON:
@@ -12,6 +17,8 @@ of them alike. Compilation happens once, before timing. The last line is JSON:
 "speedup_over_eager"}``.
 
     OMP_NUM_THREADS=2 python benchmarks/extract_throughput.py --photos 16 --rounds 2
+    python benchmarks/extract_throughput.py --device cuda --photos 300 --batch-size 256 \
+        --workers 12
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from mil_cyto.data.tiling import TilingConfig, extract_tiles, tissue_coords
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.features.extraction import EncoderRunner
 from mil_cyto.features.store import BagStore, extract_to_store
+from mil_cyto.training import resolve_device
 
 
 def _data_dir(data: str | None) -> Path:
@@ -54,6 +62,12 @@ def _batches(tiles: np.ndarray, batch_size: int) -> list[torch.Tensor]:
     return [torch.from_numpy(part).permute(0, 3, 1, 2) for part in parts]
 
 
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (package and raw: fp16 autocast)"
+    return "CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="folder with manifest.csv (default: built-in synthetic)")
@@ -63,9 +77,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     args = parser.parse_args()
 
     torch.manual_seed(0)
+    device = resolve_device(args.device)
     rows = read_manifest(_data_dir(args.data) / "manifest.csv")[: args.photos]
     tiling = TilingConfig(args.tile_size, args.tile_size, 0.05)
     tiles = np.concatenate(
@@ -80,6 +96,7 @@ def main() -> None:
         p.requires_grad_(False)
     eager_model = timm.create_model(args.model, pretrained=False, num_classes=0).eval()
     eager_model.load_state_dict(encoder.backbone.state_dict())
+    eager_model.to(device)
     eager_inputs = [
         encoder.normalise(torch.from_numpy(tiles[i : i + args.batch_size])).contiguous()
         for i in range(0, n, args.batch_size)
@@ -87,7 +104,7 @@ def main() -> None:
     raw_inputs = _batches(tiles, args.batch_size)
 
     clock = time.perf_counter()
-    runner = EncoderRunner(encoder, "cpu", compile="on")
+    runner = EncoderRunner(encoder, device, compile="on")
     runner.warm_up(args.tile_size, args.batch_size)
     compile_s = time.perf_counter() - clock
 
@@ -98,7 +115,7 @@ def main() -> None:
         for r in range(args.rounds):
             clock = time.perf_counter()
             with torch.no_grad():
-                eager_feats = torch.cat([eager_model(x) for x in eager_inputs])
+                eager_feats = torch.cat([eager_model(x.to(device)).cpu() for x in eager_inputs])
             seconds["eager"] += time.perf_counter() - clock
 
             clock = time.perf_counter()
@@ -126,7 +143,8 @@ def main() -> None:
     rate = {k: args.rounds * n / v for k, v in seconds.items()}
     print(
         f"{n} tiles of {args.tile_size} px from {len(rows)} photos, batch {args.batch_size}, "
-        f"{torch.get_num_threads()} torch threads, {args.rounds} interleaved rounds; "
+        f"{torch.get_num_threads()} torch threads, {args.rounds} interleaved rounds on "
+        f"{_device_name(device)}; "
         f"compile {compile_s:.0f} s; load average {load_start:.1f} -> {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} cores"
     )
@@ -138,6 +156,7 @@ def main() -> None:
     )
     result = {
         "model": args.model,
+        "device": device.type,
         "tiles_per_s": round(rate["package"], 2),
         "raw_forward_tiles_per_s": round(rate["raw"], 2),
         "eager_tiles_per_s": round(rate["eager"], 2),

@@ -48,7 +48,7 @@ from mil_cyto.models.whole_image import (
 )
 from mil_cyto.reference import REFERENCE_ROWS
 from mil_cyto.reporting import plot_confusion, write_attention, write_predictions
-from mil_cyto.training import Predictions, resolve_device, seed_everything
+from mil_cyto.training import Predictions, mixed_precision, resolve_device, seed_everything
 
 
 @dataclass
@@ -76,6 +76,7 @@ class BaselineConfig:
     seed: int = 0
     split_seed: int = 0
     device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; no effect on CPU
     workers: int = 2
     threads: int = 0
 
@@ -96,9 +97,12 @@ def load_resized(rows: list[ManifestRow], size: int, workers: int = 2) -> torch.
 
 
 @torch.no_grad()
-def _logits(model: WholeImageCNN, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _logits(
+    model: WholeImageCNN, x: torch.Tensor, device: torch.device, amp: bool = True
+) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(part.to(device)).float().cpu() for part in x.split(16)])
+    with mixed_precision(device, amp):
+        return torch.cat([model(part.to(device)).float().cpu() for part in x.split(16)])
 
 
 def fit_baseline(
@@ -133,13 +137,15 @@ def fit_baseline(
             if config.augment:
                 flip = torch.rand(len(idx), generator=generator) < 0.5
                 xb[flip] = xb[flip].flip(3)
-            loss = F.cross_entropy(model(xb).float(), y[idx].to(device), weight=weight)
+            with mixed_precision(device, config.amp):
+                logits = model(xb).float()
+            loss = F.cross_entropy(logits, y[idx].to(device), weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
         decay.step()
-        val_logits = _logits(model, x[split.val], device)
+        val_logits = _logits(model, x[split.val], device, config.amp)
         val_loss = F.cross_entropy(val_logits, y[split.val]).item()
         val = classification_metrics(y[split.val].numpy(), val_logits.argmax(1).numpy())
         key = (val["macro_sensitivity"] or 0.0, -val_loss)
@@ -166,11 +172,13 @@ def predict_with_cam(
     rows: list[ManifestRow],
     tiling: TilingConfig,
     device: torch.device,
+    amp: bool = True,
 ) -> tuple[Predictions, dict[str, np.ndarray], dict[str, tuple[int, int]]]:
     """Class probabilities, and per photo the Grad-CAM of its most probable abnormal grade
     (so a photo called normal is still asked where it sees atypia) pooled over the photo's
-    tissue tiles: ``attention`` sums to 1, ``scores`` are the tiles' mean Grad-CAM."""
-    logits = _logits(model, x, device)
+    tissue tiles: ``attention`` sums to 1, ``scores`` are the tiles' mean Grad-CAM (float32;
+    ``amp`` applies to the class probabilities on CUDA)."""
+    logits = _logits(model, x, device, amp)
     probs = torch.softmax(logits, dim=1)
     target = 1 + probs[:, 1:].argmax(dim=1)
     attention, scores, coords, sizes = [], [], {}, {}
@@ -254,7 +262,9 @@ def run_baseline(
     step = time.perf_counter()
     test_rows = [rows[i] for i in split.test]
     tiling = TilingConfig(config.tile_size, config.stride, config.min_tissue)
-    pred, coords, sizes = predict_with_cam(model, x[split.test], test_rows, tiling, device)
+    pred, coords, sizes = predict_with_cam(
+        model, x[split.test], test_rows, tiling, device, config.amp
+    )
     metrics = classification_metrics(pred.labels, pred.preds)
     metrics["training"] = training
     if boxes is not None:
@@ -342,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--class-weights", action=argparse.BooleanOptionalAction, default=d.class_weights)
     add("--augment", action=argparse.BooleanOptionalAction, default=d.augment)
     add("--device", default=d.device, help="auto, cpu or cuda")
+    add("--amp", action=argparse.BooleanOptionalAction, default=d.amp, help="bf16 on CUDA")
     add("--workers", type=int, default=d.workers, help="threads for decoding photos")
     add("--threads", type=int, default=d.threads, help="torch CPU threads (0 = default)")
     add("--quiet", action="store_true", help="no progress bars")

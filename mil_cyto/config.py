@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0
     device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA (training and evaluation); no effect on CPU
     workers: int = 2
     threads: int = 0  # torch CPU threads; 0 = torch's default
 

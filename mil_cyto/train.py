@@ -195,7 +195,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
 
     step = time.perf_counter()
     test_rows = split.take(rows)[2]
-    pred = predict(model, test_bags, device, progress=progress, desc="testing")
+    pred = predict(model, test_bags, device, progress=progress, desc="testing", amp=config.amp)
     metrics = classification_metrics(pred.labels, pred.preds)
     metrics["training"] = {"best_epoch": result.best_epoch, "history": result.history}
     coords = {b.image_id: b.coords for b in test_bags}
@@ -341,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, help=f"training seed ({d.seed})")
     add("--split-seed", type=int, help=f"seed of the patient split ({d.split_seed})")
     add("--device", help=f"auto, cpu or cuda ({d.device})")
+    add(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 mixed precision on CUDA (default on; no effect on CPU)",
+    )
     add("--workers", type=int, help=f"threads for decoding photos ({d.workers})")
     add("--threads", type=int, help="torch CPU threads (0 = torch's default)")
     add("--quiet", action="store_true", help="no progress bars")

@@ -64,6 +64,7 @@ class FitConfig:
     max_tiles: int = 0  # > 0: a random subset of at most this many tiles per photo per step
     chunk: int = 0  # > 0: encode tiles in chunks of this size (fine-tuning)
     checkpoint: bool = False  # gradient checkpointing of the encoder chunks (fine-tuning)
+    amp: bool = True  # bf16 autocast of the forward passes on CUDA; no effect on CPU
 
 
 @dataclass
@@ -102,6 +103,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def mixed_precision(
+    device: torch.device, enabled: bool = True
+) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when ``enabled``; a no-op on CPU (CPU runs stay float32 and
+    deterministic). bf16 keeps float32's exponent range, so no gradient scaler is needed."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _augment(tiles: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -150,9 +161,11 @@ def predict(
     progress: bool = False,
     desc: str = "predicting",
     batch_bags: int = 64,
+    amp: bool = True,
 ) -> Predictions:
     """Class probabilities and per-tile attention for every bag: cached features in padded
-    batches of ``batch_bags`` photos (padding changes nothing), tiles one photo at a time."""
+    batches of ``batch_bags`` photos (padding changes nothing), tiles one photo at a time.
+    ``amp``: bf16 autocast on CUDA (see :func:`mixed_precision`)."""
     model.eval()
     per_step = batch_bags if model.encoder is None else 1
     probs, attention, scores, losses = [], [], [], []
@@ -160,7 +173,8 @@ def predict(
         steps = range(0, len(ready), per_step)
         for i in tqdm(steps, desc=desc, disable=not progress, unit="step"):
             part = ready[i : i + per_step]
-            out = _forward(model, part, device, chunk=chunk)
+            with mixed_precision(device, amp):
+                out = _forward(model, part, device, chunk=chunk)
             logits = out.logits.float()
             target = torch.tensor([b.label for b in part], device=device)
             losses.append(F.cross_entropy(logits, target, reduction="none").cpu())
@@ -234,23 +248,24 @@ def _train_epoch(
             for j in order[i : i + config.batch_bags]
         ]
         target = torch.tensor([b.label for b in batch], device=device)
-        out = _forward(
-            model,
-            batch,
-            device,
-            aug_gen if config.augment else None,
-            chunk=config.chunk,
-            runner=runner,
-            checkpoint=config.checkpoint,
-        )
-        loss = bag_loss(out.logits, target, weight, config.loss)
-        if out.instance_logits is not None and config.instance_loss_weight > 0:
-            loss = loss + config.instance_loss_weight * ordinal_instance_loss(
-                out, target, config.instance_loss
+        with mixed_precision(device, config.amp):
+            out = _forward(
+                model,
+                batch,
+                device,
+                aug_gen if config.augment else None,
+                chunk=config.chunk,
+                runner=runner,
+                checkpoint=config.checkpoint,
             )
-        auxiliary = getattr(model.aggregator, "auxiliary_loss", None)
-        if auxiliary is not None:  # e.g. CLAM's instance clustering, DSMIL's max stream
-            loss = loss + auxiliary(out, target)
+            loss = bag_loss(out.logits, target, weight, config.loss)
+            if out.instance_logits is not None and config.instance_loss_weight > 0:
+                loss = loss + config.instance_loss_weight * ordinal_instance_loss(
+                    out, target, config.instance_loss
+                )
+            auxiliary = getattr(model.aggregator, "auxiliary_loss", None)
+            if auxiliary is not None:  # e.g. CLAM's instance clustering, DSMIL's max stream
+                loss = loss + auxiliary(out, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -353,7 +368,7 @@ def fit(
                 aug_gen,
                 runner,
             )
-            val = predict(model, val_bags, device)
+            val = predict(model, val_bags, device, amp=config.amp)
             val_metrics = classification_metrics(val.labels, val.preds)
             key = _selection_key(val_metrics, val.loss)
             row = {

@@ -10,9 +10,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from scipy.ndimage import binary_opening
+from skimage.morphology import disk
+from skimage.transform import integral_image
 
 from mil_cyto.data.images import load_rgb
-from mil_cyto.data.tiling import TilingConfig, grid_coords, tile_photo, tissue_mask
+from mil_cyto.data.tiling import (
+    TilingConfig,
+    grid_coords,
+    open_cross,
+    tile_photo,
+    tissue_fraction,
+    tissue_mask,
+)
 from mil_cyto.errors import MilCytoError
 
 Photo = Callable[..., np.ndarray]
@@ -250,3 +260,25 @@ def test_tiling_property(
     assert ((coords[:, 1] % stride == 0) | (coords[:, 3] == height)).all()
     x0, y0, x1, y1 = coords[-1]
     np.testing.assert_array_equal(tiles[-1], photo[y0:y1, x0:x1].transpose(2, 0, 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.floats(0.0, 1.0),
+    st.integers(0, 2**31 - 1),
+)
+def test_cross_opening_equals_scipys(height: int, width: int, density: float, seed: int) -> None:
+    mask = np.random.default_rng(seed).random((height, width)) < density
+    expected = binary_opening(mask, structure=disk(1))
+    np.testing.assert_array_equal(open_cross(mask), expected)
+
+
+def test_tissue_fraction_equals_skimage_integral_image() -> None:
+    mask = np.random.default_rng(0).random((70, 90)) < 0.4
+    coords = grid_coords(70, 90, TilingConfig(tile_size=16, stride=8))
+    table = np.pad(integral_image(mask.astype(np.int64)), ((1, 0), (1, 0)))
+    x0, y0, x1, y1 = coords.T
+    expected = (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) / 256
+    np.testing.assert_array_equal(tissue_fraction(mask, coords), expected)

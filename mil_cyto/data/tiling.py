@@ -5,11 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import binary_opening
 from skimage.color import rgb2gray
 from skimage.filters import threshold_otsu
-from skimage.morphology import disk
-from skimage.transform import integral_image
 
 from mil_cyto.errors import MilCytoError
 
@@ -52,8 +49,32 @@ def tissue_mask(image: np.ndarray) -> np.ndarray:
     except ValueError:  # constant image
         threshold = background
     threshold = min(threshold, background - 0.03)
-    mask = grey < threshold
-    return binary_opening(mask, structure=disk(1))
+    return open_cross(grey < threshold)
+
+
+def open_cross(mask: np.ndarray) -> np.ndarray:
+    """Binary opening of a ``(H, W)`` bool mask by the 3x3 cross (``disk(1)``), pixels
+    outside the image counting as background: equal to
+    ``scipy.ndimage.binary_opening(mask, structure=skimage.morphology.disk(1))`` (tested).
+
+    Written with NumPy slices because it runs on the decoding threads, for every photo:
+    scipy's version took ~12 ms of a 600 x 800 photo's ~36 ms of tissue detection while
+    holding the GIL, which capped GPU extraction at ~90 photos/s whatever the threads; this
+    takes ~0.6 ms and releases the GIL.
+    """
+    eroded = mask.copy()
+    eroded[1:] &= mask[:-1]
+    eroded[:-1] &= mask[1:]
+    eroded[:, 1:] &= mask[:, :-1]
+    eroded[:, :-1] &= mask[:, 1:]
+    eroded[[0, -1]] = False
+    eroded[:, [0, -1]] = False
+    opened = eroded.copy()
+    opened[1:] |= eroded[:-1]
+    opened[:-1] |= eroded[1:]
+    opened[:, 1:] |= eroded[:, :-1]
+    opened[:, :-1] |= eroded[:, 1:]
+    return opened
 
 
 def _starts(length: int, size: int, stride: int) -> np.ndarray:
@@ -78,7 +99,8 @@ def grid_coords(height: int, width: int, config: TilingConfig) -> np.ndarray:
 
 def tissue_fraction(mask: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """Fraction of each tile's pixels that are tissue, ``(N,)`` float in [0, 1]."""
-    table = np.pad(integral_image(mask.astype(np.int64)), ((1, 0), (1, 0)))
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
     x0, y0, x1, y1 = coords.T
     total = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
     return total / ((x1 - x0) * (y1 - y0))

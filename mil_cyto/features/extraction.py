@@ -295,14 +295,18 @@ def embed_photos(
     *,
     batch_size: int = 64,
     workers: int = 2,
-    prefetch: int = 3,
+    prefetch: int | None = None,
     loader: Callable[[ManifestRow, TilingConfig], PhotoPlan] = load_photo,
 ) -> Iterator[PhotoFeatures]:
     """Embed every photo's tissue tiles; yields each photo, in row order, once it is complete.
 
-    Memory: the photos decoded ahead (``prefetch``), two batches of tiles in flight, and the
-    features of the photos in progress; never a whole bag of tiles.
+    ``prefetch``: photos decoded ahead (default ``workers + 1``: every decoding thread busy
+    while the batcher cuts one; a depth below ``workers`` would leave threads idle, which on
+    a GPU, where decoding is the bottleneck, costs throughput in proportion).
+    Memory: the photos decoded ahead, two batches of tiles in flight, and the features of the
+    photos in progress; never a whole bag of tiles.
     """
+    depth = prefetch if prefetch is not None else max(1, workers) + 1
     plans: dict[int, PhotoPlan] = {}
     feats: dict[int, np.ndarray] = {}
     left: dict[int, int] = {}
@@ -314,7 +318,7 @@ def embed_photos(
             feats[index] = np.empty((len(plan.coords), runner.out_dim), dtype=np.float32)
             left[index] = len(plan.coords)
 
-    photos = prefetch_photos(rows, tiling, workers=workers, depth=prefetch, loader=loader)
+    photos = prefetch_photos(rows, tiling, workers=workers, depth=depth, loader=loader)
     batches = batch_tiles(photos, batch_size, on_plan=register)
     for batch in run_in_background(batches):
         out = runner(batch.tiles)[: batch.n_real].numpy()
