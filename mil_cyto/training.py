@@ -106,11 +106,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def mixed_precision(
-    device: torch.device, enabled: bool = True
+    device: torch.device | str, enabled: bool = True
 ) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA when ``enabled``; a no-op on CPU (CPU runs stay float32 and
     deterministic). bf16 keeps float32's exponent range, so no gradient scaler is needed."""
-    if enabled and device.type == "cuda":
+    if enabled and torch.device(device).type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

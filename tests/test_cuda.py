@@ -43,6 +43,9 @@ def _head_model(seed: int = 0, dim: int = 16) -> MILModel:
 
 
 def test_mixed_precision_is_a_no_op_on_cpu() -> None:
+    for device in (CPU, "cpu"):  # a device or its name, as fit's callers pass either
+        with mixed_precision(device, True):
+            assert not torch.is_autocast_enabled("cpu")
     with mixed_precision(CPU, True):
         assert not torch.is_autocast_enabled("cpu")
         y = torch.ones(2, 3) @ torch.ones(3, 2)
