@@ -57,10 +57,10 @@ def open_cross(mask: np.ndarray) -> np.ndarray:
     outside the image counting as background: equal to
     ``scipy.ndimage.binary_opening(mask, structure=skimage.morphology.disk(1))`` (tested).
 
-    Written with NumPy slices because it runs on the decoding threads, for every photo:
-    scipy's version took ~12 ms of a 600 x 800 photo's ~36 ms of tissue detection while
-    holding the GIL, which capped GPU extraction at ~90 photos/s whatever the threads; this
-    takes ~0.6 ms and releases the GIL.
+    Written with NumPy slices because it runs for every photo on the decoding threads:
+    scipy's version took 12-23 ms of a 600 x 800 photo's ~36 ms of tissue detection on
+    this project's 2-core machine; this takes ~0.6 ms (decoding side 33-38 -> 46-50
+    photos/s there, docs/performance.md).
     """
     eroded = mask.copy()
     eroded[1:] &= mask[:-1]
