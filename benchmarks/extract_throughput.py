@@ -38,10 +38,10 @@ import torch
 from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import read_manifest
 from mil_cyto.data.tiling import TilingConfig, extract_tiles, tissue_coords
+from mil_cyto.devices import resolve_device
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.features.extraction import EncoderRunner
 from mil_cyto.features.store import BagStore, extract_to_store
-from mil_cyto.training import resolve_device
 
 
 def _data_dir(data: str | None) -> Path:

@@ -34,12 +34,12 @@ from mil_cyto.checkpoint import load_model
 from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow, read_manifest
 from mil_cyto.data.tiling import TilingConfig, tile_photo
+from mil_cyto.devices import resolve_device
 from mil_cyto.errors import MilCytoError
 from mil_cyto.io import atomic_path, write_json
 from mil_cyto.labels import GRADES
 from mil_cyto.localization import localization_metrics, read_cell_boxes
 from mil_cyto.models.mil_model import MILModel
-from mil_cyto.training import resolve_device
 
 TARGET_RULES = ("abnormal", "pred", "label")
 DETECTOR = "peaks-to-LoG-nuclei/2"  # bump when detection changes: stored results are redone

@@ -33,6 +33,7 @@ from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow, read_manifest
 from mil_cyto.data.splits import Split, fixed_split, train_val_test_split
 from mil_cyto.data.tiling import TilingConfig, grid_coords, tissue_fraction, tissue_mask
+from mil_cyto.devices import mixed_precision, resolve_device
 from mil_cyto.errors import MilCytoError
 from mil_cyto.io import atomic_path, write_json, write_text
 from mil_cyto.labels import GRADES
@@ -48,7 +49,7 @@ from mil_cyto.models.whole_image import (
 )
 from mil_cyto.reference import REFERENCE_ROWS
 from mil_cyto.reporting import plot_confusion, write_attention, write_predictions
-from mil_cyto.training import Predictions, mixed_precision, resolve_device, seed_everything
+from mil_cyto.training import Predictions, seed_everything
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch
 from mil_cyto import __version__
 from mil_cyto.data.manifest import read_manifest
 from mil_cyto.data.tiling import TilingConfig
+from mil_cyto.devices import resolve_device
 from mil_cyto.distributed import (
     DistContext,
     barrier,
@@ -34,7 +35,6 @@ from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.features.extraction import COMPILE_CHOICES
 from mil_cyto.features.store import BagStore, extract_to_store, merge_stores, store_matches
-from mil_cyto.training import resolve_device
 
 
 def feature_provenance(

@@ -26,6 +26,7 @@ from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow, read_manifest
 from mil_cyto.data.splits import fixed_split, train_val_test_split
 from mil_cyto.data.tiling import TilingConfig
+from mil_cyto.devices import resolve_device
 from mil_cyto.distributed import context_from_env, init_distributed, main_first, shutdown
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
@@ -44,7 +45,7 @@ from mil_cyto.reporting import (
     write_attention,
     write_predictions,
 )
-from mil_cyto.training import FeatureBag, FitConfig, fit, predict, resolve_device, seed_everything
+from mil_cyto.training import FeatureBag, FitConfig, fit, predict, seed_everything
 
 RESUME_DIR = "resume"
 """Per-epoch checkpoint folder inside an unfinished run folder (removed when it finishes)."""

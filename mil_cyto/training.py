@@ -23,6 +23,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
 from mil_cyto import resume
+from mil_cyto.devices import mixed_precision
 from mil_cyto.distributed import DistContext, ddp_forward, shard_epoch
 from mil_cyto.labels import GRADES
 from mil_cyto.losses import bag_loss, ordinal_instance_loss
@@ -96,23 +97,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def mixed_precision(
-    device: torch.device | str, enabled: bool = True
-) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA when ``enabled``; a no-op on CPU (CPU runs stay float32 and
-    deterministic). bf16 keeps float32's exponent range, so no gradient scaler is needed."""
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _augment(tiles: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

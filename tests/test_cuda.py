@@ -14,10 +14,11 @@ import torch
 
 from mil_cyto.data.splits import Split
 from mil_cyto.data.synthetic import SynthConfig, generate_dataset
+from mil_cyto.devices import mixed_precision
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.features.extraction import EncoderRunner
 from mil_cyto.models import MILModel, create_aggregator
-from mil_cyto.training import FeatureBag, FitConfig, fit, mixed_precision, predict
+from mil_cyto.training import FeatureBag, FitConfig, fit, predict
 
 CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.color import rgb2gray
 from skimage.filters import threshold_otsu
+from skimage.transform import integral_image
 
 from mil_cyto.errors import MilCytoError
 
@@ -99,8 +100,7 @@ def grid_coords(height: int, width: int, config: TilingConfig) -> np.ndarray:
 
 def tissue_fraction(mask: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """Fraction of each tile's pixels that are tissue, ``(N,)`` float in [0, 1]."""
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+    table = np.pad(integral_image(mask.astype(np.int64)), ((1, 0), (1, 0)))
     x0, y0, x1, y1 = coords.T
     total = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
     return total / ((x1 - x0) * (y1 - y0))

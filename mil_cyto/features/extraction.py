@@ -15,7 +15,6 @@ The pipeline keeps the cores busy and the memory flat:
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import shutil
 import threading
@@ -31,6 +30,7 @@ import torch
 from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig, tissue_coords
+from mil_cyto.devices import mixed_precision
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
 
@@ -250,11 +250,6 @@ class EncoderRunner:
         options = {"freezing": True} if self.device.type == "cpu" else {}
         return torch.compile(self.encoder, dynamic=False, options=options)
 
-    def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
-
     @torch.inference_mode()
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
         tiles = tiles.to(self.device, non_blocking=True)
@@ -262,7 +257,7 @@ class EncoderRunner:
             self._shape = tuple(tiles.shape)
         fn = self._fn if tuple(tiles.shape) == self._shape else self.encoder
         try:
-            with self._autocast():
+            with mixed_precision(self.device, self.amp, torch.float16):
                 out = fn(tiles)
         except Exception as err:
             if not self.compiled or self.mode == "on":
@@ -278,7 +273,7 @@ class EncoderRunner:
                 stacklevel=2,
             )
             self._fn, self.compiled = self.encoder, False
-            with self._autocast():
+            with mixed_precision(self.device, self.amp, torch.float16):
                 out = self._fn(tiles)
         return out.float().cpu()
 
