@@ -53,6 +53,12 @@ def test_batched_prediction_equals_one_photo_at_a_time() -> None:
         np.testing.assert_allclose(a, b, atol=1e-5)
     for a, b in zip(batched.scores, one.scores, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
+    # in the caller's order (batches are formed by bag length, results put back)
+    assert batched.image_ids == [b.image_id for b in bags]
+    model.eval()
+    with torch.no_grad():
+        direct = [torch.softmax(model(torch.from_numpy(b.features)[None]).logits, 1) for b in bags]
+    np.testing.assert_allclose(batched.probs, torch.cat(direct).numpy(), atol=1e-5)
 
 
 def test_standardising_once_gives_the_heads_own_outputs() -> None:

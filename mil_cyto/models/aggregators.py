@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mil_cyto.models.common import tile_projection
 from mil_cyto.registry import Registry
 
 
@@ -121,9 +122,7 @@ class AttentionMIL(nn.Module):
             raise ValueError("instance_attention needs instance_head=True")
         self.bag_norm = bag_norm
         self.instance_attention = instance_attention
-        self.project = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout)
-        )
+        self.project = tile_projection(in_dim, hidden_dim, dropout)
         own_attention = not instance_attention  # else the instance head scores the tiles
         self.attention_v = nn.Linear(hidden_dim, attention_dim) if own_attention else None
         self.attention_u = nn.Linear(hidden_dim, attention_dim) if gated and own_attention else None

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mil_cyto.models.aggregators import AGGREGATORS, MILOutput, standardise_within_bag
-from mil_cyto.models.common import full_mask, masked_softmax
+from mil_cyto.models.common import full_mask, masked_softmax, tile_projection
 
 
 class CLAM(nn.Module):
@@ -49,9 +49,7 @@ class CLAM(nn.Module):
         self.subtyping = subtyping
         self.bag_norm = bag_norm
         branches = n_classes if multi_branch else 1
-        self.project = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout)
-        )
+        self.project = tile_projection(in_dim, hidden_dim, dropout)
         self.attention_v = nn.Linear(hidden_dim, attention_dim)
         self.attention_u = nn.Linear(hidden_dim, attention_dim)
         self.attention_w = nn.Linear(attention_dim, branches)

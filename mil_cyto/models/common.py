@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def full_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -43,3 +44,9 @@ def relative_log_attention(attention: torch.Tensor, mask: torch.Tensor) -> torch
     n = mask.sum(dim=1, keepdim=True).clamp_min(1).to(attention.dtype)
     rel = torch.log((attention * n).clamp_min(1e-12))
     return rel.masked_fill(~mask, 0.0)
+
+
+def tile_projection(in_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
+    """The heads' tile embedding ``(..., in_dim) -> (..., hidden_dim)``: linear, ReLU,
+    dropout (state-dict keys ``0.weight``, ``0.bias``)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout))

@@ -23,6 +23,7 @@ from mil_cyto.models.common import (
     full_mask,
     masked_max,
     masked_softmax,
+    tile_projection,
 )
 
 
@@ -44,9 +45,7 @@ class DSMIL(nn.Module):
         super().__init__()
         self.bag_norm = bag_norm
         self.max_weight = max_weight
-        self.project = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout)
-        )
+        self.project = tile_projection(in_dim, hidden_dim, dropout)
         self.instance_classifier = nn.Linear(hidden_dim, n_classes)
         self.query = nn.Sequential(nn.Linear(hidden_dim, query_dim), nn.Tanh())
         self.value = nn.Linear(hidden_dim, hidden_dim)

@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from mil_cyto.models.aggregators import AGGREGATORS, MILOutput, standardise_within_bag
-from mil_cyto.models.common import abnormal_log_odds, full_mask, masked_max, masked_mean
+from mil_cyto.models.common import (
+    abnormal_log_odds,
+    full_mask,
+    masked_max,
+    masked_mean,
+    tile_projection,
+)
 
 
 class InstancePooling(nn.Module):
@@ -37,10 +43,7 @@ class InstancePooling(nn.Module):
         self.mode = mode
         self.bag_norm = bag_norm
         self.tile_head = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden_dim, n_classes),
+            *tile_projection(in_dim, hidden_dim, dropout), nn.Linear(hidden_dim, n_classes)
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
