@@ -155,15 +155,15 @@ def predict(
     model.eval()
     on_features = model.encoder is None
     per_step = batch_bags if on_features else 1
-    # shortest bags first, so that each padded batch holds bags of similar length
-    order = np.argsort([len(b.features) for b in bags], kind="stable") if on_features else None
     n = len(bags)
+    # shortest bags first, so that each padded batch holds bags of similar length
+    lengths = [len(b.features) for b in bags] if on_features else [0] * n
+    positions = np.argsort(lengths, kind="stable").tolist()
     probs: list[np.ndarray] = [np.empty(0, np.float32)] * n
     losses = np.zeros(n)
     attention: list[np.ndarray] = [np.empty(0, np.float32)] * n
     scores: list[np.ndarray] = [np.empty(0, np.float32)] * n
     with bag_norm_once(model, bags) as (ready,):
-        positions = order.tolist() if order is not None else list(range(n))
         steps = range(0, n, per_step)
         for i in tqdm(steps, desc=desc, disable=not progress, unit="step"):
             where = positions[i : i + per_step]
