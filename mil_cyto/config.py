@@ -28,6 +28,8 @@ class TrainConfig:
     weights_cache: str | None = None  # an existing Hugging Face cache folder
     mode: str = "finetune"  # finetune | frozen
     features: str | None = None  # bag store path for frozen mode; default RUN/features.h5
+    pretrain: str = "none"  # none | simclr (self-supervised, on the training photos' instances)
+    pretrain_epochs: int = 4
     aggregator: str = "gated_abmil"
     aggregator_kwargs: dict[str, Any] | None = None
     bag_norm: bool = True  # standardise tile features within each photo before the head
@@ -96,4 +98,8 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> T
         raise MilCytoError(f"--loss {config.loss!r}: use ce or ordinal")
     if config.epochs < 1 or config.batch_bags < 1:
         raise MilCytoError("--epochs and --batch-bags must be >= 1")
+    if config.pretrain not in ("none", "simclr"):
+        raise MilCytoError(f"--pretrain {config.pretrain!r}: use none or simclr")
+    if config.pretrain_epochs < 1:
+        raise MilCytoError("--pretrain-epochs must be >= 1")
     return config

@@ -7,6 +7,7 @@ CPU and evaluates on patient-disjoint test photos. See ``--help``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import sys
 import time
@@ -27,7 +28,13 @@ from mil_cyto.data.manifest import ManifestRow, read_manifest
 from mil_cyto.data.splits import fixed_split, train_val_test_split
 from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.devices import resolve_device
-from mil_cyto.distributed import context_from_env, init_distributed, main_first, shutdown
+from mil_cyto.distributed import (
+    DistContext,
+    context_from_env,
+    init_distributed,
+    main_first,
+    shutdown,
+)
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.features import BagStore, extract_to_store
@@ -38,6 +45,7 @@ from mil_cyto.losses import BAG_LOSSES, INSTANCE_LOSSES
 from mil_cyto.metrics import classification_metrics, format_table
 from mil_cyto.models import MILModel, create_aggregator
 from mil_cyto.models.aggregators import INSTANCE_ATTENTION_HEADS
+from mil_cyto.pretrain import PretrainConfig, pretrain_encoder
 from mil_cyto.reporting import (
     plot_attention_examples,
     plot_confusion,
@@ -78,7 +86,10 @@ def _feature_bags(
     tiling: TilingConfig,
     device: torch.device,
     progress: bool,
+    pretrained: str | None = None,
 ) -> list[FeatureBag]:
+    """Cached features of every photo (extracted once into the bag store); ``pretrained``:
+    the digest of a self-supervised encoder's weights, part of the store's provenance."""
     store_path = Path(config.features) if config.features else run_dir / "features.h5"
     provenance = {
         "encoder": config.encoder,
@@ -87,6 +98,8 @@ def _feature_bags(
         "weights_cache": config.weights_cache,
         "mil_cyto_version": __version__,
     }
+    if pretrained is not None:
+        provenance["pretrained_sha256"] = pretrained
     extract_to_store(
         rows,
         encoder,
@@ -107,6 +120,40 @@ def _feature_bags(
                 )
             )
     return bags
+
+
+def _pretrain(
+    encoder: torch.nn.Module,
+    train_rows: list[ManifestRow],
+    tiling: TilingConfig,
+    config: TrainConfig,
+    ctx: DistContext,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, Any]:
+    """Self-supervised pretraining of ``encoder`` on the training photos' instances
+    (:mod:`mil_cyto.pretrain`); returns what metrics.json records of it, with the SHA-256 of
+    the encoder's weights afterwards."""
+    if config.pretrain != "simclr":
+        raise MilCytoError(f"pretrain {config.pretrain!r}: use none or simclr")
+    if ctx.is_distributed:
+        raise MilCytoError(
+            "--pretrain runs in one process; pretrain without torchrun, or use --pretrain none"
+        )
+    bags = load_bags(train_rows, tiling, workers=config.workers, progress=progress)
+    tiles = torch.from_numpy(np.concatenate([b.tiles for b in bags]))
+    settings = PretrainConfig(epochs=config.pretrain_epochs, seed=config.seed)
+    losses = pretrain_encoder(encoder, tiles, settings, device, progress=progress)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {
+        "method": config.pretrain,
+        "instances": len(tiles),
+        "loss_per_epoch": losses,
+        "encoder_sha256": digest.hexdigest(),
+    }
 
 
 def head_kwargs(config: TrainConfig) -> dict[str, Any]:
@@ -173,6 +220,12 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     )
     encoder = create_encoder(spec)
     aggregator = create_head(config, encoder.out_dim)
+    pretraining: dict[str, Any] | None = None
+    if config.pretrain != "none":
+        step = time.perf_counter()
+        pretraining = _pretrain(encoder, split.take(rows)[0], tiling, config, ctx, device, progress)
+        timing["pretraining"] = time.perf_counter() - step
+    pretrained = pretraining["encoder_sha256"] if pretraining else None
     step = time.perf_counter()
     if config.mode == "finetune":
         bags: list[Any] = load_bags(rows, tiling, workers=config.workers, progress=progress)
@@ -182,7 +235,9 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         for p in encoder.parameters():
             p.requires_grad_(False)
         with main_first(ctx):
-            bags = _feature_bags(rows, encoder, config, run_dir, tiling, device, progress)
+            bags = _feature_bags(
+                rows, encoder, config, run_dir, tiling, device, progress, pretrained
+            )
         model = MILModel(None, aggregator)
         timing["feature extraction"] = time.perf_counter() - step
 
@@ -199,6 +254,8 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     pred = predict(model, test_bags, device, progress=progress, desc="testing", amp=config.amp)
     metrics = classification_metrics(pred.labels, pred.preds)
     metrics["training"] = {"best_epoch": result.best_epoch, "history": result.history}
+    if pretraining is not None:
+        metrics["pretraining"] = pretraining
     coords = {b.image_id: b.coords for b in test_bags}
     if boxes is not None:
         abnormal = [b.image_id for b in test_bags if b.label > 0]
@@ -282,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"train the encoder or cache features ({d.mode})",
     )
     add("--features", help="bag store path in frozen mode (default: RUN/features.h5)")
+    add(
+        "--pretrain",
+        choices=["none", "simclr"],
+        help="self-supervised encoder pretraining on the training photos' instances, before "
+        f"the head sees a grade ({d.pretrain}; try with --instances cells --mode frozen)",
+    )
+    add("--pretrain-epochs", type=int, help=f"its passes over the instances ({d.pretrain_epochs})")
     add("--aggregator", help=f"MIL head, one of mil_cyto.models.AGGREGATORS ({d.aggregator})")
     add(
         "--bag-norm",

@@ -283,3 +283,44 @@ def test_default_config_trains_non_abmil_heads(
     )
     recipe = json.loads((run / "model.json").read_text())
     assert "instance_attention" not in json.dumps(recipe)
+
+
+def test_simclr_pretraining_then_frozen_features(tiny_data: Path, tmp_path: Path) -> None:
+    """--pretrain simclr: the encoder is trained before the head (it is no longer the seeded
+    random init), it is the encoder that made the cached features and the one saved, and the
+    store's provenance names its weights."""
+    from mil_cyto.data.images import load_rgb
+    from mil_cyto.data.tiling import extract_tiles
+    from mil_cyto.encoders import create_encoder
+    from mil_cyto.features import BagStore
+
+    run = tmp_path / "run"
+    args = ["--data", str(tiny_data), "--out", str(run), "--mode", "frozen"]
+    args += ["--pretrain", "simclr", "--pretrain-epochs", "1", *FAST]
+    assert main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["timing_s"]["pretraining"] > 0
+    assert len(metrics["pretraining"]["loss_per_epoch"]) == 1
+    model, _ = load_model(run)
+    torch.manual_seed(0)  # the run's seed, set before it builds its encoder
+    init = create_encoder("smallcnn").state_dict()
+    saved = model.encoder.state_dict()
+    assert any(not torch.equal(init[k], v) for k, v in saved.items() if k in init)
+    image_id = json.loads((run / "splits.json").read_text())["test"][0]
+    with BagStore(run / "features.h5") as store:
+        assert store.provenance["pretrained_sha256"] == metrics["pretraining"]["encoder_sha256"]
+        stored, coords = store[image_id]
+    tiles = extract_tiles(load_rgb(tiny_data / image_id), coords)
+    with torch.inference_mode():
+        again = model.encoder(torch.from_numpy(tiles)).numpy()
+    np.testing.assert_allclose(again, stored, atol=1e-4)
+
+
+def test_pretrain_settings_are_checked() -> None:
+    from mil_cyto.config import resolve_config
+    from mil_cyto.errors import MilCytoError
+
+    with pytest.raises(MilCytoError, match="--pretrain-epochs"):
+        resolve_config({}, {"pretrain": "simclr", "pretrain_epochs": 0})
+    with pytest.raises(MilCytoError, match="use none or simclr"):
+        resolve_config({"pretrain": "byol"}, {})
