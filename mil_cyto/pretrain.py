@@ -52,8 +52,8 @@ def random_views(tiles: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 def random_crop_resize(
     x: torch.Tensor, generator: torch.Generator, min_crop: float = 0.75
 ) -> torch.Tensor:
-    """A square crop of ``min_crop``-1 of the side of ``x`` ``(B, C, T, T)`` at one random
-    place for the batch, resized back to ``T`` (bilinear)."""
+    """One square crop for the whole batch ``x`` ``(B, C, T, T)``: a side drawn between
+    ``min_crop x T`` and ``T``, a random place, resized back to ``T`` (bilinear)."""
     size = x.shape[-1]
     side = int(torch.randint(max(1, round(min_crop * size)), size + 1, (1,), generator=generator))
     top, left = (int(v) for v in torch.randint(0, size - side + 1, (2,), generator=generator))
