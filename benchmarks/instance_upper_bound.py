@@ -150,7 +150,10 @@ def _mosaic_setup(args: argparse.Namespace) -> Setup:
     rows = read_manifest(args.mosaic / "manifest.csv")
     split = fixed_split([r.split for r in rows])
     assert split is not None, "the mosaic manifest has no split column"
-    first = next(iter(csv.DictReader((args.mosaic / "cell_splits.csv").open())))["crop"]
+    with (args.mosaic / "cell_splits.csv").open(newline="") as handle:
+        first = next(csv.DictReader(handle))["crop"]
+    with Image.open(args.cells / first) as crop:
+        native = list(crop.size)
     return Setup(
         crops=load_crops(args.cells, args.mosaic, args.tile_size),
         rows=rows,
@@ -159,7 +162,7 @@ def _mosaic_setup(args: argparse.Namespace) -> Setup:
         head=lambda d: create_aggregator(args.aggregator, d, len(GRADES), bag_norm=True),
         fit_config=FitConfig(epochs=args.mil_epochs, seed=args.seed, instance_loss_weight=1.0),
         cells_csv=args.mosaic / "cells.csv",
-        cell_info={"native_crop_px": list(Image.open(args.cells / first).size)},
+        cell_info={"native_crop_px": native},
     )
 
 

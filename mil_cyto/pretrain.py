@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mil_cyto.augment import orient_and_stain
+
 
 @dataclass
 class PretrainConfig:
@@ -32,21 +34,6 @@ class PretrainConfig:
     temperature: float = 0.2
     min_crop: float = 0.75
     seed: int = 0
-
-
-def random_views(tiles: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random colour and orientation of each tile: ``(B, 3, T, T)`` uint8 -> float in
-    [0, 1], same shape. Per tile: a flip and a stain jitter (each channel's optical density
-    scaled by 0.6-1.4, all by 0.8-1.2); per batch: a right-angle rotation."""
-    n = len(tiles)
-    x = tiles.float().div(255.0)
-    x = torch.rot90(x, int(torch.randint(4, (1,), generator=generator)), dims=(2, 3))
-    flip = torch.rand(n, generator=generator) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    gain = 0.6 + 0.8 * torch.rand(n, 3, 1, 1, generator=generator)
-    gain = gain * (0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator))
-    x = torch.exp(torch.log(x.clamp_min(1.0 / 255.0)) * gain)  # density x gain
-    return x
 
 
 def random_crop_resize(
@@ -112,7 +99,9 @@ def pretrain_encoder(
         for step in range(steps):
             part = tiles[order[step * batch : (step + 1) * batch]]
             views = [
-                random_crop_resize(random_views(part, generator), generator, config.min_crop)
+                random_crop_resize(
+                    orient_and_stain(part, generator, per_tile=True), generator, config.min_crop
+                )
                 for _ in range(2)
             ]
             z = projector(encoder(torch.cat(views).to(device)))

@@ -124,14 +124,13 @@ def _feature_bags(
 
 def _pretrain(
     encoder: torch.nn.Module,
-    train_rows: list[ManifestRow],
-    tiling: TilingConfig,
+    train_bags: list[Any],
     config: TrainConfig,
     ctx: DistContext,
     device: torch.device,
     progress: bool,
 ) -> dict[str, Any]:
-    """Self-supervised pretraining of ``encoder`` on the training photos' instances
+    """Self-supervised pretraining of ``encoder`` on the training photos' tiled bags
     (:mod:`mil_cyto.pretrain`); returns what metrics.json records of it, with the SHA-256 of
     the encoder's weights afterwards."""
     if config.pretrain != "simclr":
@@ -140,8 +139,7 @@ def _pretrain(
         raise MilCytoError(
             "--pretrain runs in one process; pretrain without torchrun, or use --pretrain none"
         )
-    bags = load_bags(train_rows, tiling, workers=config.workers, progress=progress)
-    tiles = torch.from_numpy(np.concatenate([b.tiles for b in bags]))
+    tiles = torch.from_numpy(np.concatenate([b.tiles for b in train_bags]))
     settings = PretrainConfig(epochs=config.pretrain_epochs, seed=config.seed)
     losses = pretrain_encoder(encoder, tiles, settings, device, progress=progress)
     digest = hashlib.sha256()
@@ -220,18 +218,28 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     )
     encoder = create_encoder(spec)
     aggregator = create_head(config, encoder.out_dim)
+    tiled: list[Any] | None = None  # fine-tuning: every photo's tiles, cut once
+    if config.mode == "finetune":
+        step = time.perf_counter()
+        tiled = load_bags(rows, tiling, workers=config.workers, progress=progress)
+        timing["tiling photos"] = time.perf_counter() - step
     pretraining: dict[str, Any] | None = None
     if config.pretrain != "none":
         step = time.perf_counter()
-        pretraining = _pretrain(encoder, split.take(rows)[0], tiling, config, ctx, device, progress)
+        if tiled is not None:
+            train_tiled = split.take(tiled)[0]
+        else:  # frozen mode cuts no tiles of its own: the training photos' only
+            train_tiled = load_bags(
+                split.take(rows)[0], tiling, workers=config.workers, progress=progress
+            )
+        pretraining = _pretrain(encoder, train_tiled, config, ctx, device, progress)
         timing["pretraining"] = time.perf_counter() - step
     pretrained = pretraining["encoder_sha256"] if pretraining else None
-    step = time.perf_counter()
-    if config.mode == "finetune":
-        bags: list[Any] = load_bags(rows, tiling, workers=config.workers, progress=progress)
+    if tiled is not None:
+        bags: list[Any] = tiled
         model = MILModel(encoder, aggregator)
-        timing["tiling photos"] = time.perf_counter() - step
     else:
+        step = time.perf_counter()
         for p in encoder.parameters():
             p.requires_grad_(False)
         with main_first(ctx):

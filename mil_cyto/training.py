@@ -24,6 +24,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
 from mil_cyto import resume
+from mil_cyto.augment import orient_and_stain
 from mil_cyto.devices import mixed_precision
 from mil_cyto.distributed import DistContext, ddp_forward, shard_epoch
 from mil_cyto.labels import GRADES
@@ -100,20 +101,6 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _augment(tiles: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One photo's tiles, ``(N, 3, T, T)`` uint8 -> float in [0, 1]: a random right-angle
-    rotation and flip, and a stain jitter in optical density (each channel's density scaled
-    by 0.6-1.4, all by 0.8-1.2), so a patient's stain cannot stand in for the grade."""
-    k = int(torch.randint(4, (1,), generator=generator))
-    x = torch.rot90(tiles, k, dims=(2, 3))
-    if torch.rand(1, generator=generator) < 0.5:
-        x = x.flip(3)
-    scale = 0.6 + 0.8 * torch.rand(1, 3, 1, 1, generator=generator)
-    scale = scale * (0.8 + 0.4 * torch.rand(1, generator=generator))
-    density = -torch.log(x.float().clamp_min(1.0) / 255.0)
-    return torch.exp(-density * scale.to(x.device))
-
-
 def _forward(
     model: MILModel,
     bags: Sequence[Any],
@@ -130,7 +117,7 @@ def _forward(
         return runner(padded, mask) if runner is not None else model(padded, mask)
     tiles = [torch.from_numpy(b.tiles).to(device) for b in bags]
     if generator is not None:
-        tiles = [_augment(t, generator) for t in tiles]
+        tiles = [orient_and_stain(t, generator) for t in tiles]
     if runner is not None:
         return runner(tiles, chunk=chunk, checkpoint=checkpoint)
     return model.forward_tiles(tiles, chunk=chunk, checkpoint=checkpoint)

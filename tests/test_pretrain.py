@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from mil_cyto.augment import orient_and_stain
 from mil_cyto.encoders import create_encoder
-from mil_cyto.pretrain import (
-    PretrainConfig,
-    nt_xent,
-    pretrain_encoder,
-    random_crop_resize,
-    random_views,
-)
+from mil_cyto.pretrain import PretrainConfig, nt_xent, pretrain_encoder, random_crop_resize
 
 
 def _tiles(n: int = 24, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -29,9 +24,9 @@ def _tiles(n: int = 24, size: int = 32, seed: int = 0) -> torch.Tensor:
 
 def test_views_keep_shape_and_range_and_are_seeded() -> None:
     tiles = _tiles()
-    a = random_views(tiles, torch.Generator().manual_seed(1))
-    b = random_views(tiles, torch.Generator().manual_seed(1))
-    c = random_views(tiles, torch.Generator().manual_seed(2))
+    a = orient_and_stain(tiles, torch.Generator().manual_seed(1), per_tile=True)
+    b = orient_and_stain(tiles, torch.Generator().manual_seed(1), per_tile=True)
+    c = orient_and_stain(tiles, torch.Generator().manual_seed(2), per_tile=True)
     assert a.shape == tiles.shape and a.dtype == torch.float32
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     torch.testing.assert_close(a, b)
