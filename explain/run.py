@@ -32,8 +32,9 @@ from explain.froc import froc_sensitivity
 from explain.maps import downsample, pixel_heatmap, save_overlay, tile_heatmap
 from mil_cyto.checkpoint import load_model
 from mil_cyto.data.images import load_rgb
+from mil_cyto.data.instances import cut_instances
 from mil_cyto.data.manifest import ManifestRow, read_manifest
-from mil_cyto.data.tiling import TilingConfig, tile_photo
+from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.devices import resolve_device
 from mil_cyto.errors import MilCytoError
 from mil_cyto.io import atomic_path, write_json
@@ -163,7 +164,7 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
     if not todo and (overlay.is_file() or not config.overlays):
         return result
     photo = load_rgb(row.image, hint=f"test photo {row.image_id!r}")
-    tiles, coords = tile_photo(photo, inputs.tiling, name=str(row.image))
+    tiles, coords = cut_instances(photo, inputs.tiling, name=str(row.image))
     size = photo.shape[:2]
     model = inputs.model
     prepared = photo_input(model, tiles)

@@ -34,7 +34,13 @@ from mil_cyto.distributed import (
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.features.extraction import COMPILE_CHOICES
-from mil_cyto.features.store import BagStore, extract_to_store, merge_stores, store_matches
+from mil_cyto.features.store import (
+    BagStore,
+    extract_to_store,
+    merge_stores,
+    store_matches,
+    store_provenance,
+)
 
 
 def feature_provenance(
@@ -73,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tile-size", type=int, default=96, help="tile side in pixels")
     add("--stride", type=int, default=96, help="grid stride in pixels")
     add("--min-tissue", type=float, default=0.05, help="minimum tissue share of a kept tile")
+    add(
+        "--instances",
+        choices=["grid", "cells"],
+        default="grid",
+        help="grid tiles, or one tile-size crop centred on each detected nucleus",
+    )
     add("--batch-size", type=int, default=64, help="tiles per forward pass (across photos)")
     add("--workers", type=int, default=2, help="threads decoding photos")
     add("--device", default="auto", help="auto, cpu or cuda (auto: CUDA when present)")
@@ -109,10 +121,10 @@ def _encoder_kwargs(text: str | None) -> dict[str, Any]:
 def run_extract(args: argparse.Namespace, ctx: DistContext, device: torch.device) -> Path:
     """Extract (this rank's share of) the photos; returns the finished store's path."""
     rows = read_manifest(args.data / "manifest.csv", label_column=args.label_column)
-    tiling = TilingConfig(args.tile_size, args.stride, args.min_tissue)
+    tiling = TilingConfig(args.tile_size, args.stride, args.min_tissue, args.instances)
     kwargs = _encoder_kwargs(args.encoder_kwargs)
     provenance = feature_provenance(args.encoder, kwargs, args.weights, args.weights_cache)
-    if store_matches(args.out, rows, {**provenance, "tiling": vars(tiling)}):
+    if store_matches(args.out, rows, store_provenance(provenance, tiling)):
         return args.out
     torch.manual_seed(args.seed)  # every rank builds the same random-init encoder
     encoder = create_encoder(EncoderSpec(args.encoder, args.weights, args.weights_cache, kwargs))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import mil_cyto.features.store as store_module
+from mil_cyto.data.bags import load_bag
 from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow, read_manifest
 from mil_cyto.data.tiling import TilingConfig, tile_photo
@@ -81,7 +82,11 @@ def test_extract_features_coords_and_provenance(
     assert not out.with_name("bags.h5.partial").exists()
     with BagStore(out) as store:
         assert sorted(store.image_ids()) == sorted(IMAGES)
-        assert store.provenance == {**PROVENANCE, "tiling": vars(TILING)}
+        assert store.provenance == {
+            **PROVENANCE,
+            "tiling": vars(TILING),
+            "store_format": store_module.STORE_FORMAT,
+        }
         for row in rows:
             assert row.image_id in store
             features, coords = store[row.image_id]
@@ -97,6 +102,26 @@ def test_extract_features_coords_and_provenance(
     # '/' in an image id does not nest groups
     with h5py.File(out, "r") as handle:
         assert "sub__p2.png" in handle["bags"]
+
+
+def test_cell_instances_are_extracted_as_nucleus_crops(
+    tmp_path: Path, rows: list[ManifestRow], encoder: TileEncoder
+) -> None:
+    """With ``instances="cells"`` the store holds one crop per nucleus, the boxes and features
+    of the in-memory bags (``load_bag``), not grid tiles (a bug of store format 1)."""
+    cells = TilingConfig(tile_size=32, stride=32, min_tissue=0.05, instances="cells")
+    out = _extract(rows, encoder, tmp_path / "cells.h5", tiling=cells)
+    with BagStore(out) as store:
+        assert store.provenance["tiling"]["instances"] == "cells"
+        for row in rows:
+            features, coords = store[row.image_id]
+            bag = load_bag(row, cells)
+            grid = tile_photo(load_rgb(row.image), TILING)[1]
+            assert not np.array_equal(coords, grid)
+            np.testing.assert_array_equal(coords, bag.coords)
+            with torch.no_grad():
+                direct = encoder(torch.from_numpy(bag.tiles)).numpy()
+            np.testing.assert_allclose(features, direct, rtol=1e-5, atol=1e-6)
 
 
 def test_second_call_is_a_cache_hit(

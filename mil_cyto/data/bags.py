@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from mil_cyto.data.cells import cell_crops
 from mil_cyto.data.images import load_rgb
+from mil_cyto.data.instances import cut_instances
 from mil_cyto.data.manifest import ManifestRow
-from mil_cyto.data.tiling import TilingConfig, tile_photo
+from mil_cyto.data.tiling import TilingConfig
 
 
 @dataclass
@@ -31,10 +31,7 @@ class Bag:
 def load_bag(row: ManifestRow, tiling: TilingConfig) -> Bag:
     """Read, convert and tile one photo (raises MilCytoError naming the file on bad input)."""
     image = load_rgb(row.image, hint=f"manifest row {row.image_id!r}")
-    if tiling.instances == "cells":
-        tiles, coords = cell_crops(image, tiling, name=str(row.image))
-    else:
-        tiles, coords = tile_photo(image, tiling, name=str(row.image))
+    tiles, coords = cut_instances(image, tiling, name=str(row.image))
     return Bag(row.image_id, row.patient_id, row.label, tiles, coords, image.shape[:2])
 
 

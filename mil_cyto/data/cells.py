@@ -80,15 +80,15 @@ def centred_boxes(centres: np.ndarray, size: int, height: int, width: int) -> np
     return np.stack([x0, y0, x0 + size, y0 + size], axis=1).astype(np.int32)
 
 
-def cell_crops(
+def cell_coords(
     image: np.ndarray,
     tiling: TilingConfig,
     nuclei: NucleusConfig | None = None,
     *,
     name: str = "image",
-) -> tuple[np.ndarray, np.ndarray]:
-    """One ``tile_size`` crop per detected nucleus: ``(M, 3, T, T)`` uint8 and ``(M, 4)``
-    int32 boxes, the same contract as :func:`mil_cyto.data.tiling.tile_photo`.
+) -> np.ndarray:
+    """The ``(M, 4)`` int32 boxes of one ``tile_size`` crop per detected nucleus (densest
+    first), without cutting the crops.
 
     Raises:
         MilCytoError: the photo is smaller than one crop, or no nucleus is found.
@@ -105,5 +105,21 @@ def cell_crops(
         raise MilCytoError(
             f"{name}: no nucleus found (empty bag); check the photo or use --instances grid"
         )
-    coords = centred_boxes(found[:, :2], size, height, width)
+    return centred_boxes(found[:, :2], size, height, width)
+
+
+def cell_crops(
+    image: np.ndarray,
+    tiling: TilingConfig,
+    nuclei: NucleusConfig | None = None,
+    *,
+    name: str = "image",
+) -> tuple[np.ndarray, np.ndarray]:
+    """One ``tile_size`` crop per detected nucleus: ``(M, 3, T, T)`` uint8 and ``(M, 4)``
+    int32 boxes, the same contract as :func:`mil_cyto.data.tiling.tile_photo`.
+
+    Raises:
+        MilCytoError: the photo is smaller than one crop, or no nucleus is found.
+    """
+    coords = cell_coords(image, tiling, nuclei, name=name)
     return extract_tiles(image, coords), coords

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from mil_cyto.data.images import load_rgb
+from mil_cyto.data.instances import instance_coords
 from mil_cyto.data.manifest import ManifestRow
-from mil_cyto.data.tiling import TilingConfig, tissue_coords
+from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.devices import mixed_precision
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
@@ -75,9 +76,10 @@ class PhotoFeatures:
 
 
 def load_photo(row: ManifestRow, tiling: TilingConfig) -> PhotoPlan:
-    """Decode one photo and find its tissue tiles (raises MilCytoError naming the file)."""
+    """Decode one photo and find its instances, grid tiles or nucleus crops as ``tiling``
+    says (raises MilCytoError naming the file)."""
     image = load_rgb(row.image, hint=f"manifest row {row.image_id!r}")
-    return PhotoPlan(row, image, tissue_coords(image, tiling, name=str(row.image)))
+    return PhotoPlan(row, image, instance_coords(image, tiling, name=str(row.image)))
 
 
 def prefetch_photos(

@@ -25,6 +25,16 @@ from mil_cyto.errors import MilCytoError
 from mil_cyto.features.extraction import EncoderRunner, PhotoFeatures, embed_photos, load_photo
 from mil_cyto.io import atomic_path
 
+STORE_FORMAT = 2
+"""Part of every store's provenance; bumped when the instances a tiling yields change, so that
+a stale store is not reused (2: frozen extraction honours ``instances="cells"``, which
+version 1 cut as grid tiles)."""
+
+
+def store_provenance(provenance: dict[str, Any], tiling: TilingConfig) -> dict[str, Any]:
+    """The provenance a store records: the encoder's ``provenance``, the tiling, the format."""
+    return {**provenance, "tiling": vars(tiling), "store_format": STORE_FORMAT}
+
 
 def bag_key(image_id: str) -> str:
     """HDF5-safe group name for an image id (``/`` would nest groups)."""
@@ -158,7 +168,7 @@ def extract_to_store(
     Returns ``out_path`` at once when it already holds these photos with this provenance.
     """
     out_path = Path(out_path)
-    provenance = {**provenance, "tiling": vars(tiling)}
+    provenance = store_provenance(provenance, tiling)
     provenance_json = json.dumps(provenance, sort_keys=True)
     if store_matches(out_path, rows, provenance):
         return out_path

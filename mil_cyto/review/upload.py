@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from mil_cyto.data.bags import Bag
 from mil_cyto.data.images import MAX_IMAGE_PIXELS, to_rgb
-from mil_cyto.data.tiling import TilingConfig, tile_photo
+from mil_cyto.data.instances import cut_instances
+from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.errors import MilCytoError
 from mil_cyto.models import MILModel
 from mil_cyto.training import predict
@@ -131,7 +132,7 @@ def predict_photo(
         MilCytoError: the photo holds no tissue tile (an empty bag).
     """
     tiling = TilingConfig(**recipe["tiling"])
-    tiles, coords = tile_photo(rgb, tiling, name=name)
+    tiles, coords = cut_instances(rgb, tiling, name=name)
     bag = Bag(name, "", 0, tiles, coords, rgb.shape[:2])
     pred = predict(model, [bag], torch.device("cpu"))
     return PhotoPrediction(pred.probs[0], coords, pred.attention[0], pred.scores[0])

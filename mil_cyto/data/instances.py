@@ -1,0 +1,34 @@
+"""A photo's instances, as its tiling asks: grid tiles over tissue, or nucleus-centred crops.
+
+Every path that turns a photo into a bag (in-memory bags, frozen extraction, explanations,
+uploads in the review app) goes through here, so that ``TilingConfig.instances`` means the
+same everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mil_cyto.data.cells import cell_coords
+from mil_cyto.data.tiling import TilingConfig, extract_tiles, tissue_coords
+
+
+def instance_coords(image: np.ndarray, tiling: TilingConfig, *, name: str = "image") -> np.ndarray:
+    """The ``(N, 4)`` int32 ``x0, y0, x1, y1`` boxes of an ``(H, W, 3)`` photo's instances:
+    tissue tiles on the grid (``instances="grid"``) or one crop per detected nucleus
+    (``"cells"``).
+
+    Raises:
+        MilCytoError: naming ``name``: the photo is smaller than one tile, or the bag is empty.
+    """
+    if tiling.instances == "cells":
+        return cell_coords(image, tiling, name=name)
+    return tissue_coords(image, tiling, name=name)
+
+
+def cut_instances(
+    image: np.ndarray, tiling: TilingConfig, *, name: str = "image"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The photo's instances ``(N, 3, T, T)`` uint8 and their boxes ``(N, 4)`` int32."""
+    coords = instance_coords(image, tiling, name=name)
+    return extract_tiles(image, coords), coords
