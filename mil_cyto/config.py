@@ -6,10 +6,14 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from mil_cyto.errors import MilCytoError
 from mil_cyto.losses import BAG_LOSSES, INSTANCE_LOSSES
+
+DEFAULT_EPOCHS = MappingProxyType({"frozen": 48, "finetune": 16})
+"""Head epochs when none are given: a frozen encoder's head is cheap to train for longer."""
 
 
 @dataclass
@@ -26,19 +30,21 @@ class TrainConfig:
     encoder_kwargs: dict[str, Any] | None = None
     weights: str | None = None  # local weights file for a timm encoder
     weights_cache: str | None = None  # an existing Hugging Face cache folder
-    mode: str = "finetune"  # finetune | frozen
+    mode: str = "frozen"  # frozen (encoder fixed, features cached once) | finetune
     features: str | None = None  # bag store path for frozen mode; default RUN/features.h5
-    pretrain: str = "none"  # none | simclr (self-supervised, on the training photos' instances)
+    # simclr (self-supervised, on the training photos' instances) | none; None = simclr, or
+    # none when the encoder comes with weights (--weights / --weights-cache)
+    pretrain: str | None = None
     pretrain_epochs: int = 4
     aggregator: str = "gated_abmil"
     aggregator_kwargs: dict[str, Any] | None = None
     bag_norm: bool = True  # standardise tile features within each photo before the head
     instance_attention: bool = True  # ABMIL heads: attention logits = tile instance logits
-    tile_size: int = 96
-    stride: int = 96
+    tile_size: int = 64
+    stride: int | None = None  # grid stride; None = tile_size
     min_tissue: float = 0.05
-    instances: str = "grid"  # grid tiles | cells (one crop centred on each detected nucleus)
-    epochs: int = 16
+    instances: str = "cells"  # cells (one crop centred on each detected nucleus) | grid tiles
+    epochs: int | None = None  # head passes; None = 48 in frozen mode, 16 when fine-tuning
     batch_bags: int = 1
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -57,6 +63,14 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (training and evaluation); no effect on CPU
     workers: int = 2
     threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        if self.stride is None:
+            self.stride = self.tile_size
+        if self.pretrain is None:
+            self.pretrain = "none" if self.weights or self.weights_cache else "simclr"
+        if self.epochs is None:
+            self.epochs = DEFAULT_EPOCHS.get(self.mode, DEFAULT_EPOCHS["finetune"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrain",
         choices=["none", "simclr"],
         help="self-supervised encoder pretraining on the training photos' instances, before "
-        f"the head sees a grade ({d.pretrain}; try with --instances cells --mode frozen)",
+        "the head sees a grade (simclr; none when --weights or --weights-cache is given)",
     )
     add("--pretrain-epochs", type=int, help=f"its passes over the instances ({d.pretrain_epochs})")
     add("--aggregator", help=f"MIL head, one of mil_cyto.models.AGGREGATORS ({d.aggregator})")
@@ -374,14 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--instance-loss-weight", type=float, help=f"its weight ({d.instance_loss_weight})")
     add("--tile-size", type=int, help=f"tile side in pixels ({d.tile_size})")
-    add("--stride", type=int, help=f"grid stride in pixels ({d.stride})")
+    add("--stride", type=int, help="grid stride in pixels (the tile size)")
     add("--min-tissue", type=float, help=f"minimum tissue share of a kept tile ({d.min_tissue})")
     add(
         "--instances",
         choices=["grid", "cells"],
         help=f"grid tiles, or one crop centred on each detected nucleus ({d.instances})",
     )
-    add("--epochs", type=int, help=f"passes over the training photos ({d.epochs})")
+    add(
+        "--epochs",
+        type=int,
+        help="passes of the head over the training photos (48 in frozen mode, 16 fine-tuning)",
+    )
     add("--batch-bags", type=int, help=f"photos per optimisation step ({d.batch_bags})")
     add("--lr", type=float, help=f"peak learning rate ({d.lr})")
     add(
