@@ -126,10 +126,11 @@ class PhotoPrediction:
 def predict_photo(
     model: MILModel, recipe: dict[str, Any], rgb: np.ndarray, *, name: str = "upload"
 ) -> PhotoPrediction:
-    """Tile ``rgb`` as the model was trained (``recipe["tiling"]``) and predict it.
+    """Cut ``rgb`` into instances as the model was trained (``recipe["tiling"]``: grid tiles
+    or nucleus crops) and predict it.
 
     Raises:
-        MilCytoError: the photo holds no tissue tile (an empty bag).
+        MilCytoError: the photo holds no tissue tile or no nucleus (an empty bag).
     """
     tiling = TilingConfig(**recipe["tiling"])
     tiles, coords = cut_instances(rgb, tiling, name=name)
