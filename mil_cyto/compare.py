@@ -40,6 +40,7 @@ from mil_cyto.localization import localization_metrics, read_cell_boxes
 from mil_cyto.metrics import classification_metrics
 from mil_cyto.models import AGGREGATORS, MILModel, create_aggregator
 from mil_cyto.models.whole_image import STUDY_ARCHS
+from mil_cyto.pretrain import PretrainConfig, pretrain_encoder
 from mil_cyto.profiling import measure
 from mil_cyto.reference import REFERENCE_ROWS
 from mil_cyto.train import create_fit_config, create_head
@@ -63,7 +64,8 @@ class Budget:
     encoder_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 16, "out_dim": 128})
     tile_size: int = 96
     stride: int = 96
-    encoder_epochs: int = 16  # 0: the encoder stays at its seeded random init
+    pretrain_epochs: int = 0  # > 0: SimCLR on the fold's training instances first, no labels
+    encoder_epochs: int = 16  # 0: the encoder stays at its seeded random init (or pretrained)
     encoder_max_tiles: int = 0  # tiles per photo per encoder-training step (0 = all)
     mil_epochs: int = 40
     mil_batch_bags: int = 8
@@ -132,12 +134,20 @@ def _tiling(budget: Budget, instances: str) -> TilingConfig:
 def fold_features(
     tile_bags: list[Bag], split: Split, budget: Budget, seed: int
 ) -> list[FeatureBag]:
-    """The fold's shared tile features: a small CNN fine-tuned end to end on the fold's
-    training photos (with the head and instance loss of `mil_cyto.train`'s defaults, model
-    chosen on validation; ``encoder_epochs`` = 0 keeps the seeded random init), then frozen
-    and applied to every photo. Test photos never touch the encoder's training."""
+    """The fold's shared tile features: a small CNN, first pretrained with SimCLR on the fold's
+    training photos' instances when ``pretrain_epochs`` > 0 (as `mil_cyto.train` does by
+    default), then fine-tuned end to end on them (with the head and instance loss of
+    `mil_cyto.train`'s defaults, model chosen on validation; ``encoder_epochs`` = 0 skips
+    this), then frozen and applied to every photo. Test photos never touch the encoder's
+    training."""
     seed_everything(seed)
     encoder = create_encoder(EncoderSpec(budget.encoder, kwargs=dict(budget.encoder_kwargs)))
+    if budget.pretrain_epochs > 0:
+        train_tiles = np.concatenate([b.tiles for b in split.take(tile_bags)[0]])
+        settings = PretrainConfig(epochs=budget.pretrain_epochs, seed=seed)
+        pretrain_encoder(
+            encoder, torch.from_numpy(train_tiles), settings, torch.device("cpu"), progress=False
+        )
     if budget.encoder_epochs > 0:
         defaults = TrainConfig()  # the head and instance loss of `python -m mil_cyto.train`
         model = MILModel(encoder, create_head(defaults, encoder.out_dim))
@@ -518,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folds",
         "tile_size",
         "stride",
+        "pretrain_epochs",
         "encoder_epochs",
         "encoder_max_tiles",
         "mil_epochs",

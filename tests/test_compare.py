@@ -109,3 +109,45 @@ def test_bootstrap_ci_brackets_the_estimate() -> None:
     np.testing.assert_allclose(
         _rates(cm), [m["accuracy"], m["macro_sensitivity"], m["macro_specificity"]]
     )
+
+
+def test_fold_features_pretrain_on_training_instances_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pretrain_epochs`` > 0: SimCLR sees exactly the fold's training photos' instances
+    (never validation or test), and the encoder that makes the features is the pretrained
+    one, not the seeded random init."""
+    import mil_cyto.compare as compare
+    from mil_cyto.data.bags import Bag
+    from mil_cyto.data.splits import Split
+
+    rng = np.random.default_rng(0)
+    bags = [
+        Bag(
+            f"i{i}",
+            f"p{i}",
+            i % 3,
+            rng.integers(0, 255, (4 + i, 3, 32, 32), dtype=np.uint8),
+            np.zeros((4 + i, 4), np.int32),
+            (64, 64),
+        )
+        for i in range(6)
+    ]
+    split = Split(train=np.array([0, 1, 2]), val=np.array([3]), test=np.array([4, 5]))
+    seen: list[int] = []
+    real = compare.pretrain_encoder
+
+    def spy(encoder, tiles, settings, device, **kw):
+        seen.append(len(tiles))
+        return real(encoder, tiles, settings, device, **kw)
+
+    monkeypatch.setattr(compare, "pretrain_encoder", spy)
+    budget = compare.Budget(
+        encoder_kwargs={"width": 4, "out_dim": 8}, encoder_epochs=0, pretrain_epochs=1
+    )
+    pretrained = compare.fold_features(bags, split, budget, seed=0)
+    assert seen == [4 + 5 + 6]
+    plain = compare.fold_features(
+        bags, split, compare.Budget(**{**vars(budget), "pretrain_epochs": 0}), seed=0
+    )
+    assert seen == [15]
+    assert pretrained[0].features.shape == plain[0].features.shape == (4, 8)
+    assert not np.allclose(pretrained[0].features, plain[0].features)
