@@ -99,6 +99,7 @@ def browse_app(url: str, shots: Path, *, first_ms: int = 180_000, step_ms: int =
     chosen, the overlay's natural width in px, the metrics table's text).
     """
     import shutil
+    import time
 
     from playwright.sync_api import sync_playwright
 
@@ -120,11 +121,15 @@ def browse_app(url: str, shots: Path, *, first_ms: int = 180_000, step_ms: int =
             option.click()
             page.get_by_role("heading", name=seen["photo"]).wait_for()
             image = overlay.first.locator("img")
-            image.wait_for()
-            page.wait_for_function(
-                "(el) => el.complete && el.naturalWidth > 0", arg=image.element_handle()
-            )
-            seen["overlay_width"] = image.evaluate("(el) => el.naturalWidth")
+            # Streamlit may swap the <img> for a new one while the photo re-renders: poll
+            # through the locator (re-resolved each time) until the current one has loaded
+            deadline = time.monotonic() + step_ms / 1000
+            width = 0
+            while not width and time.monotonic() < deadline:
+                width = image.evaluate("(el) => (el.complete ? el.naturalWidth : 0)")
+                if not width:
+                    page.wait_for_timeout(200)
+            seen["overlay_width"] = width
             page.mouse.wheel(0, -5000)
             page.screenshot(path=str(shots / "photo.png"))
             sidebar.get_by_text("Run summary", exact=True).click()
