@@ -87,9 +87,11 @@ def _feature_bags(
     device: torch.device,
     progress: bool,
     pretrained: str | None = None,
+    known_coords: dict[str, np.ndarray] | None = None,
 ) -> list[FeatureBag]:
     """Cached features of every photo (extracted once into the bag store); ``pretrained``:
-    the digest of a self-supervised encoder's weights, part of the store's provenance."""
+    the digest of a self-supervised encoder's weights, part of the store's provenance;
+    ``known_coords``: instance boxes already found for some photos (not searched again)."""
     store_path = Path(config.features) if config.features else run_dir / "features.h5"
     provenance = {
         "encoder": config.encoder,
@@ -109,6 +111,7 @@ def _feature_bags(
         device=device,
         workers=config.workers,
         progress=progress,
+        known_coords=known_coords,
     )
     with BagStore(store_path) as store:
         bags = []
@@ -224,6 +227,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         tiled = load_bags(rows, tiling, workers=config.workers, progress=progress)
         timing["tiling photos"] = time.perf_counter() - step
     pretraining: dict[str, Any] | None = None
+    known_coords: dict[str, np.ndarray] = {}  # instance boxes found so far, for extraction
     if config.pretrain != "none":
         step = time.perf_counter()
         if tiled is not None:
@@ -233,6 +237,8 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
                 split.take(rows)[0], tiling, workers=config.workers, progress=progress
             )
         pretraining = _pretrain(encoder, train_tiled, config, ctx, device, progress)
+        known_coords = {b.image_id: b.coords for b in train_tiled}
+        del train_tiled  # frozen mode: the crops go (~0.3 GB by default), their boxes stay
         timing["pretraining"] = time.perf_counter() - step
     pretrained = pretraining["encoder_sha256"] if pretraining else None
     if tiled is not None:
@@ -244,7 +250,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
             p.requires_grad_(False)
         with main_first(ctx):
             bags = _feature_bags(
-                rows, encoder, config, run_dir, tiling, device, progress, pretrained
+                rows, encoder, config, run_dir, tiling, device, progress, pretrained, known_coords
             )
         model = MILModel(None, aggregator)
         timing["feature extraction"] = time.perf_counter() - step

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mil_cyto.data.bags import load_bag
-from mil_cyto.data.cells import NucleusConfig, cell_crops, centred_boxes, detect_nuclei
+from mil_cyto.data.cells import NucleusConfig, centred_boxes, detect_nuclei
+from mil_cyto.data.instances import cut_instances
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.synthetic import draw_field, reference_stain
 from mil_cyto.data.tiling import TilingConfig
@@ -36,12 +37,12 @@ def test_blank_photo_has_no_nuclei_and_crops_refuse_it() -> None:
     blank = np.full((64, 64, 3), 240, dtype=np.uint8)
     assert detect_nuclei(blank).shape == (0, 3)
     with pytest.raises(MilCytoError, match="no nucleus"):
-        cell_crops(blank, TilingConfig(tile_size=32, instances="cells"))
+        cut_instances(blank, TilingConfig(tile_size=32, instances="cells"))
 
 
 def test_crops_are_centred_and_inside_the_photo(blob_photo: Callable[..., np.ndarray]) -> None:
     photo = blob_photo(150, 160, BLOBS)
-    tiles, coords = cell_crops(photo, TilingConfig(tile_size=32, instances="cells"))
+    tiles, coords = cut_instances(photo, TilingConfig(tile_size=32, instances="cells"))
     assert tiles.shape == (4, 3, 32, 32) and tiles.dtype == np.uint8
     assert (coords[:, 2] - coords[:, 0] == 32).all() and (coords[:, 3] - coords[:, 1] == 32).all()
     assert (coords[:, :2] >= 0).all()

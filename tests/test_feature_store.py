@@ -124,6 +124,19 @@ def test_cell_instances_are_extracted_as_nucleus_crops(
             np.testing.assert_allclose(features, direct, rtol=1e-5, atol=1e-6)
 
 
+def test_known_coords_are_used_instead_of_searching_again(
+    tmp_path: Path, rows: list[ManifestRow], encoder: TileEncoder
+) -> None:
+    """``known_coords`` (boxes a caller already found with the same tiling) are what the store
+    holds for those photos; the other photos are tiled as usual."""
+    known = {rows[0].image_id: np.array([[0, 0, 32, 32], [40, 8, 72, 40]], np.int32)}
+    out = _extract(rows, encoder, tmp_path / "bags.h5", known_coords=known)
+    with BagStore(out) as store:
+        np.testing.assert_array_equal(store[rows[0].image_id][1], known[rows[0].image_id])
+        grid = tile_photo(load_rgb(rows[1].image), TILING)[1]
+        np.testing.assert_array_equal(store[rows[1].image_id][1], grid)
+
+
 def test_second_call_is_a_cache_hit(
     tmp_path: Path, rows: list[ManifestRow], encoder: TileEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,7 +16,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import remove_small_objects
 
-from mil_cyto.data.tiling import TilingConfig, extract_tiles
+from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.errors import MilCytoError
 
 
@@ -106,20 +106,3 @@ def cell_coords(
             f"{name}: no nucleus found (empty bag); check the photo or use --instances grid"
         )
     return centred_boxes(found[:, :2], size, height, width)
-
-
-def cell_crops(
-    image: np.ndarray,
-    tiling: TilingConfig,
-    nuclei: NucleusConfig | None = None,
-    *,
-    name: str = "image",
-) -> tuple[np.ndarray, np.ndarray]:
-    """One ``tile_size`` crop per detected nucleus: ``(M, 3, T, T)`` uint8 and ``(M, 4)``
-    int32 boxes, the same contract as :func:`mil_cyto.data.tiling.tile_photo`.
-
-    Raises:
-        MilCytoError: the photo is smaller than one crop, or no nucleus is found.
-    """
-    coords = cell_coords(image, tiling, nuclei, name=name)
-    return extract_tiles(image, coords), coords

@@ -20,7 +20,7 @@ import shutil
 import threading
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -75,11 +75,17 @@ class PhotoFeatures:
     features: np.ndarray
 
 
-def load_photo(row: ManifestRow, tiling: TilingConfig) -> PhotoPlan:
+def load_photo(
+    row: ManifestRow, tiling: TilingConfig, known: Mapping[str, np.ndarray] | None = None
+) -> PhotoPlan:
     """Decode one photo and find its instances, grid tiles or nucleus crops as ``tiling``
-    says (raises MilCytoError naming the file)."""
+    says, unless ``known`` already holds its boxes (found with the same tiling), which skips
+    the nucleus detection (raises MilCytoError naming the file)."""
     image = load_rgb(row.image, hint=f"manifest row {row.image_id!r}")
-    return PhotoPlan(row, image, instance_coords(image, tiling, name=str(row.image)))
+    coords = known.get(row.image_id) if known is not None else None
+    if coords is None:
+        coords = instance_coords(image, tiling, name=str(row.image))
+    return PhotoPlan(row, image, coords)
 
 
 def prefetch_photos(

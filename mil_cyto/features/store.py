@@ -7,9 +7,10 @@ half-written; an interrupted extraction resumes from the photos already complete
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,7 @@ def extract_to_store(
     progress: bool = True,
     compile: str | bool = "off",
     amp: bool | None = None,
+    known_coords: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Embed every photo's tiles with a frozen encoder and write a bag store.
 
@@ -165,6 +167,8 @@ def extract_to_store(
     :mod:`mil_cyto.features.extraction`); ``compile`` (``off``/``auto``/``on``) and ``amp``
     (CUDA only) are passed to :class:`~mil_cyto.features.extraction.EncoderRunner`; a
     runner given as ``encoder`` (already compiled and warm) is used as it is.
+    ``known_coords``: instance boxes already found for some photos with this ``tiling``
+    (image id -> ``(N, 4)``), reused instead of detecting their nuclei again.
     Returns ``out_path`` at once when it already holds these photos with this provenance.
     """
     out_path = Path(out_path)
@@ -191,8 +195,13 @@ def extract_to_store(
                 unit="photo",
                 disable=not progress,
             )
+            loader = (
+                load_photo
+                if known_coords is None
+                else functools.partial(load_photo, known=known_coords)
+            )
             photos = embed_photos(
-                todo, runner, tiling, batch_size=batch_size, workers=workers, loader=load_photo
+                todo, runner, tiling, batch_size=batch_size, workers=workers, loader=loader
             )
             for photo in photos:
                 _write_bag(handle, photo)
