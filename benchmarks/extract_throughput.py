@@ -18,7 +18,7 @@ of them alike. Compilation happens once, before timing. The last line is JSON:
 
     OMP_NUM_THREADS=2 python benchmarks/extract_throughput.py --photos 16 --rounds 2
     python benchmarks/extract_throughput.py --device cuda --photos 300 --batch-size 256 \
-        --workers 12
+        --decode-processes 14
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from mil_cyto.data.manifest import read_manifest
 from mil_cyto.data.tiling import TilingConfig, extract_tiles, tissue_coords
 from mil_cyto.devices import resolve_device
 from mil_cyto.encoders import EncoderSpec, create_encoder
-from mil_cyto.features.extraction import EncoderRunner
+from mil_cyto.features.extraction import DecodingProcesses, EncoderRunner
 from mil_cyto.features.store import BagStore, extract_to_store
 
 
@@ -75,7 +75,13 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=224)
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads")
+    parser.add_argument(
+        "--decode-processes",
+        type=int,
+        default=0,
+        help="decode on a pool of this many processes (started once, before the rounds)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     args = parser.parse_args()
@@ -111,6 +117,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mil-cyto-bench-"))
     seconds = {"package": 0.0, "raw": 0.0, "eager": 0.0}
     load_start = os.getloadavg()[0]
+    decoder = DecodingProcesses(args.decode_processes) if args.decode_processes else None
+    if decoder is not None:  # start the workers now: the pool is set up once, not per round
+        list(decoder.map(abs, range(args.decode_processes)))
     try:
         for r in range(args.rounds):
             clock = time.perf_counter()
@@ -133,17 +142,22 @@ def main() -> None:
                 batch_size=args.batch_size,
                 workers=args.workers,
                 progress=False,
+                decoder=decoder,
             )
             seconds["package"] += time.perf_counter() - clock
         with BagStore(out) as store:
             package_feats = np.concatenate([store[row.image_id][0] for row in rows])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if decoder is not None:
+            decoder.shutdown()
     assert len(package_feats) == n
     rate = {k: args.rounds * n / v for k, v in seconds.items()}
     print(
         f"{n} tiles of {args.tile_size} px from {len(rows)} photos, batch {args.batch_size}, "
-        f"{torch.get_num_threads()} torch threads, {args.rounds} interleaved rounds on "
+        f"{torch.get_num_threads()} torch threads, decoding on "
+        f"{f'{args.decode_processes} processes' if decoder else f'{args.workers} threads'}, "
+        f"{args.rounds} interleaved rounds on "
         f"{_device_name(device)}; "
         f"compile {compile_s:.0f} s; load average {load_start:.1f} -> {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} cores"

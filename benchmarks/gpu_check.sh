@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA checks in one go, for a machine with a GPU (run from the repository root):
-# the CUDA tests, the extraction throughput benchmark on the GPU, the default command with
-# --device auto, and a frozen timm encoder run. Logs go to $OUT (default ./gpu-check).
+# the CUDA tests, the extraction throughput benchmark on the GPU (decoding on threads, then on
+# processes), and the default command with --device auto. Logs go to $OUT (default ./gpu-check).
 # Each step has its own time limit so that one slow step cannot hide the others.
 set -u
 OUT=${OUT:-gpu-check}
@@ -16,9 +16,11 @@ step() {  # step NAME SECONDS CMD...
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
-step cuda_tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step extract_cuda 180 python3 benchmarks/extract_throughput.py --device cuda --photos 300 \
-    --batch-size 256 --workers 12 --rounds 3
-step train_default_gpu 120 python3 -m mil_cyto.train --device auto --out /tmp/gpu-run --quiet
-step train_frozen_resnet18_gpu 90 python3 -m mil_cyto.train --device auto --encoder resnet18 \
-    --mode frozen --out /tmp/gpu-frozen --quiet
+step cuda_tests 100 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+# decoding on threads, then on a pool of processes (same photos, same machine)
+step extract_cuda_threads 120 python3 benchmarks/extract_throughput.py --device cuda --photos 300 \
+    --batch-size 256 --workers 14 --rounds 3
+step extract_cuda_processes 120 python3 benchmarks/extract_throughput.py --device cuda \
+    --photos 300 --batch-size 256 --decode-processes 14 --rounds 3
+step train_default_gpu 150 python3 -m mil_cyto.train --device auto --workers 14 --out /tmp/gpu-run --quiet
+cp /tmp/gpu-run/metrics.json /tmp/gpu-run/report.md /tmp/gpu-run/config.json "$OUT/" 2>/dev/null

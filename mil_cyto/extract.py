@@ -11,6 +11,7 @@ would write, replacing the output atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -33,7 +34,7 @@ from mil_cyto.distributed import (
 )
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
-from mil_cyto.features.extraction import COMPILE_CHOICES
+from mil_cyto.features.extraction import COMPILE_CHOICES, DecodingProcesses
 from mil_cyto.features.store import (
     BagStore,
     extract_to_store,
@@ -87,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--batch-size", type=int, default=64, help="tiles per forward pass (across photos)")
     add("--workers", type=int, default=2, help="threads decoding photos")
+    add(
+        "--decode-processes",
+        type=int,
+        default=0,
+        help="decode photos on this many processes instead of --workers threads (for a GPU, "
+        "where decoding is the bottleneck; 0 = threads)",
+    )
     add("--device", default="auto", help="auto, cpu or cuda (auto: CUDA when present)")
     add(
         "--compile",
@@ -139,10 +147,15 @@ def run_extract(args: argparse.Namespace, ctx: DistContext, device: torch.device
         "compile": args.compile,
         "amp": args.amp,
     }
-    if not ctx.is_distributed:
-        return extract_to_store(rows, encoder, args.out, progress=not args.quiet, **options)
-    part = shard_path(args.out, ctx)
-    extract_to_store(shard(rows, ctx), encoder, part, progress=not args.quiet, **options)
+    if args.decode_processes < 0:
+        raise MilCytoError("--decode-processes must be >= 0 (0 = decoding threads)")
+    with contextlib.ExitStack() as stack:
+        if args.decode_processes:
+            options["decoder"] = stack.enter_context(DecodingProcesses(args.decode_processes))
+        if not ctx.is_distributed:
+            return extract_to_store(rows, encoder, args.out, progress=not args.quiet, **options)
+        part = shard_path(args.out, ctx)
+        extract_to_store(shard(rows, ctx), encoder, part, progress=not args.quiet, **options)
     barrier(ctx)
     if ctx.is_main:
         world = ctx.world_size

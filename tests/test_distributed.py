@@ -89,6 +89,23 @@ def test_extract_command_and_cache_hit(data: Path, tmp_path: Path, capsys) -> No
     assert "feats.h5" in capsys.readouterr().err
 
 
+def test_extract_command_with_decoding_processes(data: Path, tmp_path: Path, capsys) -> None:
+    """--decode-processes writes the store the decoding threads write."""
+    threads, procs = tmp_path / "threads.h5", tmp_path / "procs.h5"
+    assert extract_main(["--data", str(data), "--out", str(threads), *ARGS]) == 0
+    assert (
+        extract_main(["--data", str(data), "--out", str(procs), *ARGS, "--decode-processes", "2"])
+        == 0
+    )
+    _assert_same_store(threads, procs)
+    bad = tmp_path / "bad.h5"
+    assert (
+        extract_main(["--data", str(data), "--out", str(bad), *ARGS, "--decode-processes", "-1"])
+        == 2
+    )
+    assert "--decode-processes" in capsys.readouterr().err
+
+
 def test_shard_stores_merge_into_the_single_process_store(data: Path, tmp_path: Path) -> None:
     """What each torchrun rank writes, merged on rank 0, equals one process's store."""
     single = tmp_path / "single.h5"

@@ -17,6 +17,7 @@ from mil_cyto.data.tiling import TilingConfig, tile_photo
 from mil_cyto.encoders import EncoderSpec, TileEncoder, create_encoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.features.extraction import (
+    DecodingProcesses,
     EncoderRunner,
     PhotoPlan,
     batch_tiles,
@@ -93,6 +94,30 @@ def test_embedding_matches_the_plain_path(
         assert photo.features.dtype == np.float32
         np.testing.assert_allclose(photo.features, expected, rtol=1e-5, atol=1e-6)
         assert photo.size == load_rgb(photo.row.image).shape[:2]
+
+
+def test_decoding_processes_give_the_same_bags(
+    rows: list[ManifestRow], encoder: TileEncoder
+) -> None:
+    """Photos decoded on a process pool (the GPU path) embed exactly as with threads, known
+    boxes included; one pool serves several extractions; a bad photo's error names it."""
+    runner = EncoderRunner(encoder, "cpu", compile="off")
+    cells = TilingConfig(tile_size=24, stride=24, min_tissue=0.05, instances="cells")
+    known = {rows[1].image_id: np.array([[0, 0, 24, 24], [30, 40, 54, 64]], np.int32)}
+    threads = list(embed_photos(rows, runner, cells, batch_size=5, workers=2, known=known))
+    with DecodingProcesses(2) as pool:
+        for _ in range(2):
+            procs = list(embed_photos(rows, runner, cells, batch_size=5, known=known, decoder=pool))
+            assert [p.row.image_id for p in procs] == [r.image_id for r in rows]
+            for a, b in zip(threads, procs, strict=True):
+                np.testing.assert_array_equal(a.coords, b.coords)
+                np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(procs[1].coords, known[rows[1].image_id])
+        rows[3].image.write_bytes(b"not a png")
+        with pytest.raises(MilCytoError, match="p3.png"):
+            list(embed_photos(rows, runner, TILING, batch_size=4, decoder=pool))
+    with pytest.raises(MilCytoError, match="must be >= 1"):
+        DecodingProcesses(0)
 
 
 def test_compile_failure_falls_back_to_eager(

@@ -7,9 +7,14 @@ same everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import numpy as np
 
 from mil_cyto.data.cells import cell_coords
+from mil_cyto.data.images import load_rgb
+from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig, extract_tiles, tissue_coords
 
 
@@ -32,3 +37,32 @@ def cut_instances(
     """The photo's instances ``(N, 3, T, T)`` uint8 and their boxes ``(N, 4)`` int32."""
     coords = instance_coords(image, tiling, name=name)
     return extract_tiles(image, coords), coords
+
+
+@dataclass
+class PhotoPlan:
+    """A decoded photo and the boxes of its instances (grid tiles or nucleus crops).
+
+    ``image`` ``(H, W, 3)`` uint8; ``coords`` ``(N, 4)`` int32 ``x0, y0, x1, y1`` pixels.
+    """
+
+    row: ManifestRow
+    image: np.ndarray
+    coords: np.ndarray
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+
+def load_photo(
+    row: ManifestRow, tiling: TilingConfig, known: Mapping[str, np.ndarray] | None = None
+) -> PhotoPlan:
+    """Decode one photo and find its instances, grid tiles or nucleus crops as ``tiling``
+    says, unless ``known`` already holds its boxes (found with the same tiling), which skips
+    the nucleus detection (raises MilCytoError naming the file)."""
+    image = load_rgb(row.image, hint=f"manifest row {row.image_id!r}")
+    coords = known.get(row.image_id) if known is not None else None
+    if coords is None:
+        coords = instance_coords(image, tiling, name=str(row.image))
+    return PhotoPlan(row, image, coords)

@@ -15,20 +15,20 @@ The pipeline keeps the cores busy and the memory flat:
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import queue
 import shutil
 import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from mil_cyto.data.images import load_rgb
-from mil_cyto.data.instances import instance_coords
+from mil_cyto.data.instances import PhotoPlan, load_photo
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.devices import mixed_precision
@@ -36,22 +36,6 @@ from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
 
 COMPILE_CHOICES = ("auto", "on", "off")
-
-
-@dataclass
-class PhotoPlan:
-    """A decoded photo and the boxes of its tissue tiles.
-
-    ``image`` ``(H, W, 3)`` uint8; ``coords`` ``(N, 4)`` int32 ``x0, y0, x1, y1`` pixels.
-    """
-
-    row: ManifestRow
-    image: np.ndarray
-    coords: np.ndarray
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return int(self.image.shape[0]), int(self.image.shape[1])
 
 
 @dataclass
@@ -75,41 +59,72 @@ class PhotoFeatures:
     features: np.ndarray
 
 
-def load_photo(
-    row: ManifestRow, tiling: TilingConfig, known: Mapping[str, np.ndarray] | None = None
-) -> PhotoPlan:
-    """Decode one photo and find its instances, grid tiles or nucleus crops as ``tiling``
-    says, unless ``known`` already holds its boxes (found with the same tiling), which skips
-    the nucleus detection (raises MilCytoError naming the file)."""
-    image = load_rgb(row.image, hint=f"manifest row {row.image_id!r}")
-    coords = known.get(row.image_id) if known is not None else None
-    if coords is None:
-        coords = instance_coords(image, tiling, name=str(row.image))
-    return PhotoPlan(row, image, coords)
-
-
 def prefetch_photos(
     rows: Sequence[ManifestRow],
     tiling: TilingConfig,
     *,
     workers: int = 2,
     depth: int = 3,
-    loader: Callable[[ManifestRow, TilingConfig], PhotoPlan] = load_photo,
+    loader: Callable[..., PhotoPlan] = load_photo,
+    known: Mapping[str, np.ndarray] | None = None,
+    pool: Executor | None = None,
 ) -> Iterator[PhotoPlan]:
-    """Decode photos on ``workers`` threads, in row order, at most ``depth`` ahead."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: deque[Future[PhotoPlan]] = deque()
+    """Decode photos in row order, at most ``depth`` ahead: on ``workers`` threads, or on
+    ``pool`` (an executor the caller owns, e.g. :class:`DecodingProcesses`; not shut down
+    here). ``known``: boxes already found per image id, handed to ``loader`` as
+    ``known={image_id: boxes}`` for the photos it holds (only that photo's, so a process pool
+    is not sent the whole mapping with every photo)."""
+    own = pool is None
+    executor = ThreadPoolExecutor(max_workers=max(1, workers)) if pool is None else pool
+
+    def submit(row: ManifestRow) -> Future[PhotoPlan]:
+        if known is not None and row.image_id in known:
+            subset = {row.image_id: known[row.image_id]}
+            return executor.submit(loader, row, tiling, known=subset)
+        return executor.submit(loader, row, tiling)
+
+    pending: deque[Future[PhotoPlan]] = deque()
+    try:
         remaining = iter(rows)
         for row in remaining:
-            pending.append(pool.submit(loader, row, tiling))
+            pending.append(submit(row))
             if len(pending) >= max(1, depth):
                 break
         while pending:
             plan = pending.popleft().result()
             nxt = next(remaining, None)
             if nxt is not None:
-                pending.append(pool.submit(loader, nxt, tiling))
+                pending.append(submit(nxt))
             yield plan
+    finally:
+        for future in pending:  # an error or an early stop: drop what is queued
+            future.cancel()
+        if own:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+class DecodingProcesses(ProcessPoolExecutor):
+    """A pool of ``workers`` processes that decode photos and find their instances, for
+    :func:`embed_photos` / ``extract_to_store(decoder=...)`` in place of decoding threads.
+
+    For GPU extraction, where the CPU side is the bottleneck and decoding threads stop
+    scaling after a few (parts of PNG decoding and of the tissue / nucleus search hold the
+    GIL). Start it once and reuse it across extractions (it is a context manager): starting
+    processes costs seconds. Workers come from a fork server (``spawn`` where there is none)
+    that imports the calling script and the decoding modules once, and never touches CUDA;
+    a script that uses it needs an ``if __name__ == "__main__":`` guard, as with any process
+    pool.
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise MilCytoError(f"decoding processes: {workers} must be >= 1")
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        context = mp.get_context(method)
+        if method == "forkserver":
+            context.set_forkserver_preload(["__main__", "mil_cyto.data.instances"])
+        super().__init__(max_workers=workers, mp_context=context)
+        self.workers = workers
 
 
 def batch_tiles(
@@ -299,17 +314,22 @@ def embed_photos(
     batch_size: int = 64,
     workers: int = 2,
     prefetch: int | None = None,
-    loader: Callable[[ManifestRow, TilingConfig], PhotoPlan] = load_photo,
+    loader: Callable[..., PhotoPlan] = load_photo,
+    known: Mapping[str, np.ndarray] | None = None,
+    decoder: DecodingProcesses | None = None,
 ) -> Iterator[PhotoFeatures]:
-    """Embed every photo's tissue tiles; yields each photo, in row order, once it is complete.
+    """Embed every photo's instances; yields each photo, in row order, once it is complete.
 
-    ``prefetch``: photos decoded ahead (default ``workers + 1``: every decoding thread busy
-    while the batcher cuts one; a depth below ``workers`` would leave threads idle, which on
-    a GPU, where decoding is the bottleneck, costs throughput in proportion).
+    Photos are decoded on ``workers`` threads, or on ``decoder``'s processes when given.
+    ``prefetch``: photos decoded ahead (default one more than the decoding threads or
+    processes: every one busy while the batcher cuts a photo; a smaller depth would leave
+    some idle, which on a GPU, where decoding is the bottleneck, costs throughput in
+    proportion). ``known``: boxes already found per image id (see :func:`load_photo`).
     Memory: the photos decoded ahead, two batches of tiles in flight, and the features of the
     photos in progress; never a whole bag of tiles.
     """
-    depth = prefetch if prefetch is not None else max(1, workers) + 1
+    decoders = decoder.workers if decoder is not None else max(1, workers)
+    depth = prefetch if prefetch is not None else decoders + 1
     plans: dict[int, PhotoPlan] = {}
     feats: dict[int, np.ndarray] = {}
     left: dict[int, int] = {}
@@ -321,7 +341,9 @@ def embed_photos(
             feats[index] = np.empty((len(plan.coords), runner.out_dim), dtype=np.float32)
             left[index] = len(plan.coords)
 
-    photos = prefetch_photos(rows, tiling, workers=workers, depth=depth, loader=loader)
+    photos = prefetch_photos(
+        rows, tiling, workers=workers, depth=depth, loader=loader, known=known, pool=decoder
+    )
     batches = batch_tiles(photos, batch_size, on_plan=register)
     for batch in run_in_background(batches):
         out = runner(batch.tiles)[: batch.n_real].numpy()

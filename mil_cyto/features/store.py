@@ -7,7 +7,6 @@ half-written; an interrupted extraction resumes from the photos already complete
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,13 @@ from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
-from mil_cyto.features.extraction import EncoderRunner, PhotoFeatures, embed_photos, load_photo
+from mil_cyto.features.extraction import (
+    DecodingProcesses,
+    EncoderRunner,
+    PhotoFeatures,
+    embed_photos,
+    load_photo,
+)
 from mil_cyto.io import atomic_path
 
 STORE_FORMAT = 2
@@ -160,6 +165,7 @@ def extract_to_store(
     compile: str | bool = "off",
     amp: bool | None = None,
     known_coords: Mapping[str, np.ndarray] | None = None,
+    decoder: DecodingProcesses | None = None,
 ) -> Path:
     """Embed every photo's tiles with a frozen encoder and write a bag store.
 
@@ -168,7 +174,9 @@ def extract_to_store(
     (CUDA only) are passed to :class:`~mil_cyto.features.extraction.EncoderRunner`; a
     runner given as ``encoder`` (already compiled and warm) is used as it is.
     ``known_coords``: instance boxes already found for some photos with this ``tiling``
-    (image id -> ``(N, 4)``), reused instead of detecting their nuclei again.
+    (image id -> ``(N, 4)``), reused instead of detecting their nuclei again. ``decoder``:
+    decode photos on these processes instead of ``workers`` threads (for a GPU, where
+    decoding is the bottleneck); the features are the same.
     Returns ``out_path`` at once when it already holds these photos with this provenance.
     """
     out_path = Path(out_path)
@@ -195,13 +203,15 @@ def extract_to_store(
                 unit="photo",
                 disable=not progress,
             )
-            loader = (
-                load_photo
-                if known_coords is None
-                else functools.partial(load_photo, known=known_coords)
-            )
             photos = embed_photos(
-                todo, runner, tiling, batch_size=batch_size, workers=workers, loader=loader
+                todo,
+                runner,
+                tiling,
+                batch_size=batch_size,
+                workers=workers,
+                loader=load_photo,
+                known=known_coords,
+                decoder=decoder,
             )
             for photo in photos:
                 _write_bag(handle, photo)
