@@ -63,10 +63,12 @@ class ExplainConfig:
     overlays: bool = True
     settings: AttributionSettings = field(default_factory=AttributionSettings)
 
-    def fingerprint(self) -> str:
-        """What a stored result depends on (methods excluded: each is stored on its own)."""
+    def fingerprint(self, tiling: TilingConfig) -> str:
+        """What a stored result depends on: these settings and the run's ``tiling`` (which
+        instances are explained); methods excluded, each is stored on its own."""
         keys = {"target": self.target, "map_scale": self.map_scale, "detector": DETECTOR}
         keys["max_detections"] = self.max_detections
+        keys["tiling"] = asdict(tiling)
         return json.dumps({**keys, "settings": asdict(self.settings)}, sort_keys=True)
 
 
@@ -116,6 +118,7 @@ def load_run(run_dir: Path, device: torch.device | str = "cpu") -> RunInputs:
             int(tiling_keys["tile_size"]),
             int(tiling_keys["stride"]),
             float(tiling_keys.get("min_tissue", TilingConfig.min_tissue)),
+            str(tiling_keys.get("instances", "grid")),  # runs before --instances: grid
         )
     except (KeyError, TypeError, ValueError) as err:
         raise MilCytoError(
@@ -158,7 +161,7 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
     """Every requested method on one photo; reuses and extends its stored results."""
     out_dir = inputs.run_dir / "explain"
     npz = out_dir / "maps" / f"{safe_name(row.image_id)}.npz"
-    result = _stored(npz, config.fingerprint())
+    result = _stored(npz, config.fingerprint(inputs.tiling))
     todo = [m for m in config.methods if f"{m}.tile" not in result]
     overlay = out_dir / "overlays" / f"{safe_name(row.image_id)}.png"
     if not todo and (overlay.is_file() or not config.overlays):
@@ -175,7 +178,7 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
     clock = time.process_time()
     nuclei = find_nuclei(photo)
     result.update(
-        fingerprint=np.array(config.fingerprint()),
+        fingerprint=np.array(config.fingerprint(inputs.tiling)),
         image=np.array(row.image_id),
         label=np.array(row.label),
         target=np.array(target),

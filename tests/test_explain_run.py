@@ -83,6 +83,26 @@ def test_command_writes_maps_overlays_and_localization(run_dir: Path) -> None:
     assert len(list((run_dir / "explain" / "overlays").glob("*.png"))) == 3
 
 
+def test_a_cells_run_is_explained_on_its_nucleus_crops(run_dir: Path) -> None:
+    """The instances the model was trained on (here nucleus crops) are the ones explained;
+    results stored for other instances (grid tiles) are not reused."""
+    from mil_cyto.data.images import load_rgb
+    from mil_cyto.data.instances import instance_coords
+    from mil_cyto.data.tiling import TilingConfig
+
+    assert main(["--run", str(run_dir), "--methods", "attention", *FAST, "--no-overlays"]) == 0
+    model_json = run_dir / "model.json"
+    recipe = json.loads(model_json.read_text())
+    recipe["tiling"]["instances"] = "cells"
+    write_json(model_json, recipe)
+    assert main(["--run", str(run_dir), "--methods", "attention", *FAST, "--no-overlays"]) == 0
+    cells = TilingConfig(32, 32, 0.05, "cells")
+    for name in BLOBS:
+        photo = load_rgb(run_dir.parent / "data" / "images" / f"{name}.png")
+        with np.load(run_dir / "explain" / "maps" / f"images_{name}.png.npz") as stored:
+            np.testing.assert_array_equal(stored["coords"], instance_coords(photo, cells))
+
+
 def test_rerun_resumes_and_adds_only_missing_methods(run_dir: Path) -> None:
     fast = [*FAST, "--no-overlays"]
     assert main(["--run", str(run_dir), "--methods", "attention", *fast]) == 0
