@@ -1,4 +1,5 @@
-"""Suspect cells from a map: peaks of the smoothed map, each refined to a detected nucleus.
+"""Suspect cells from a map: peaks of the smoothed map, each refined to a detected nucleus,
+or, when the instances are nucleus crops, the scored instances themselves.
 
 Nuclei come from scikit-image's Laplacian-of-Gaussian blob detector on the haematoxylin
 channel (colour deconvolution, ``rgb2hed``). No annotation is used.
@@ -51,6 +52,24 @@ class Detections:
     def from_array(cls, array: np.ndarray) -> Detections:
         a = np.asarray(array, dtype=np.float64).reshape(-1, 7)
         return cls(a[:, :2], a[:, 2:6], a[:, 6])
+
+    def scaled(self, factor: float) -> Detections:
+        """The same detections with every score times ``factor`` (order unchanged)."""
+        return Detections(self.points, self.boxes, self.scores * float(factor))
+
+
+def instance_detections(
+    centres: np.ndarray, boxes: np.ndarray, scores: np.ndarray, max_detections: int = 30
+) -> Detections:
+    """Instances that already are cells (nucleus crops) as the detections themselves: each
+    at its nucleus ``centres`` ``(N, 2)`` x, y, with its crop's ``boxes`` ``(N, 4)`` and
+    tile ``scores`` ``(N,)``; the ``max_detections`` best, best first."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:max_detections]
+    return Detections(
+        np.asarray(centres, dtype=np.float64)[order],
+        np.asarray(boxes, dtype=np.float64)[order],
+        np.asarray(scores, dtype=np.float64)[order],
+    )
 
 
 def find_nuclei(

@@ -26,15 +26,15 @@ from explain.attributions import (
     list_methods,
     photo_input,
 )
-from explain.detect import Detections, detect_cells, find_nuclei
+from explain.detect import Detections, Nuclei, detect_cells, find_nuclei, instance_detections
 from explain.faithfulness import faithfulness
 from explain.froc import froc_sensitivity
 from explain.maps import downsample, pixel_heatmap, save_overlay, tile_heatmap
 from mil_cyto.checkpoint import load_model
 from mil_cyto.data.images import load_rgb
-from mil_cyto.data.instances import cut_instances
+from mil_cyto.data.instances import instance_centres
 from mil_cyto.data.manifest import ManifestRow, read_manifest
-from mil_cyto.data.tiling import TilingConfig
+from mil_cyto.data.tiling import TilingConfig, extract_tiles
 from mil_cyto.devices import resolve_device
 from mil_cyto.errors import MilCytoError
 from mil_cyto.io import atomic_path, write_json
@@ -43,7 +43,9 @@ from mil_cyto.localization import localization_metrics, read_cell_boxes
 from mil_cyto.models.mil_model import MILModel
 
 TARGET_RULES = ("abnormal", "pred", "label")
-DETECTOR = "peaks-to-LoG-nuclei/2"  # bump when detection changes: stored results are redone
+DETECTOR = "peaks-to-LoG-nuclei/3"  # bump when detection changes: stored results are redone
+# methods whose tile scores are shares within a photo (no class, no scale across photos)
+CLASS_AGNOSTIC = frozenset({"attention"})
 FAITH_KEYS = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc")
 
 
@@ -167,7 +169,8 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
     if not todo and (overlay.is_file() or not config.overlays):
         return result
     photo = load_rgb(row.image, hint=f"test photo {row.image_id!r}")
-    tiles, coords = cut_instances(photo, inputs.tiling, name=str(row.image))
+    centres, coords = instance_centres(photo, inputs.tiling, name=str(row.image))
+    tiles = extract_tiles(photo, coords)
     size = photo.shape[:2]
     model = inputs.model
     prepared = photo_input(model, tiles)
@@ -175,8 +178,12 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
         probs = torch.softmax(model.aggregator(prepared.features[None]).logits[0], 0)
     probs_np = probs.cpu().numpy()
     target = choose_target(probs_np, row.label, config.target)
-    clock = time.process_time()
-    nuclei = find_nuclei(photo)
+    # attention is a share within the photo: its detections are weighted by the photo's
+    # probability of the explained side, so that they pool across photos (FROC)
+    side = float(1.0 - probs_np[0] if target > 0 else probs_np[0])
+    cells = inputs.tiling.instances == "cells"
+    nuclei: Nuclei | None = None
+    nuclei_cpu = 0.0
     result.update(
         fingerprint=np.array(config.fingerprint(inputs.tiling)),
         image=np.array(row.image_id),
@@ -185,7 +192,6 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
         probs=probs_np.astype(np.float32),
         coords=coords.astype(np.int32),
         size_hw=np.array(size),
-        nuclei_cpu_s=np.array(time.process_time() - clock),
     )
     tile = inputs.tiling.tile_size
     panels = []
@@ -193,18 +199,28 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
         clock = time.process_time()
         attr = attribute_tiles(model, prepared, method, target, config.settings)
         cpu = time.process_time() - clock
-        if attr.pixel is not None:
-            heat, sigma, local = pixel_heatmap(size, coords, attr.pixel), 4.0, 4.0
-        else:  # constant per tile: peaks at tile centres, nuclei tie within a tile
-            heat, sigma, local = tile_heatmap(size, coords, attr.tile), tile / 4, 0.0
-        dets = detect_cells(
-            heat,
-            nuclei,
-            sigma=sigma,
-            radius=tile / 3,
-            local_sigma=local,
-            max_detections=config.max_detections,
-        )
+        if attr.pixel is None and cells:  # each instance is a detected nucleus already
+            heat = tile_heatmap(size, coords, attr.tile)
+            dets = instance_detections(centres, coords, attr.tile, config.max_detections)
+        else:
+            if nuclei is None:
+                clock = time.process_time()
+                nuclei = find_nuclei(photo)
+                nuclei_cpu = time.process_time() - clock
+            if attr.pixel is not None:
+                heat, sigma, local = pixel_heatmap(size, coords, attr.pixel), 4.0, 4.0
+            else:  # constant per tile: peaks at tile centres, nuclei tie within a tile
+                heat, sigma, local = tile_heatmap(size, coords, attr.tile), tile / 4, 0.0
+            dets = detect_cells(
+                heat,
+                nuclei,
+                sigma=sigma,
+                radius=tile / 3,
+                local_sigma=local,
+                max_detections=config.max_detections,
+            )
+        if method in CLASS_AGNOSTIC:
+            dets = dets.scaled(side)
         faith = faithfulness(model, prepared.features, attr.tile, target)
         result[f"{method}.tile"] = attr.tile
         result[f"{method}.map"] = downsample(heat, config.map_scale)
@@ -212,6 +228,7 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
         result[f"{method}.cpu_s"] = np.array(cpu)
         result[f"{method}.faithfulness"] = np.array([faith[k] for k in FAITH_KEYS])
         panels.append((method, heat, dets.boxes[:5]))
+    result["nuclei_cpu_s"] = np.array(nuclei_cpu)
     _save_npz(npz, result)
     if config.overlays:
         truth = (inputs.boxes or {}).get(row.image_id)
@@ -293,6 +310,10 @@ def explain_run(
         "conventions": {
             "froc": "sensitivity for atypical cells at N false positives per photo; a hit is a "
             "detection point inside an annotated atypical cell box (CAMELYON16)",
+            "detections": "nucleus-crop runs, tile-level scores: every crop at its nucleus; "
+            "otherwise peaks of the smoothed map moved to LoG nuclei; attention's scores "
+            "times the photo's probability of the explained side (abnormal), as attention "
+            "sums to 1 within each photo",
             "faithfulness": "AUC of the target probability vs fraction of tiles deleted / "
             "inserted in the map's order, mean over abnormal photos; random = mean of "
             "5 seeds",

@@ -9,7 +9,7 @@ import pytest
 
 from mil_cyto.data.bags import load_bag
 from mil_cyto.data.cells import NucleusConfig, centred_boxes, detect_nuclei
-from mil_cyto.data.instances import cut_instances
+from mil_cyto.data.instances import cut_instances, instance_centres
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.synthetic import draw_field, reference_stain
 from mil_cyto.data.tiling import TilingConfig
@@ -51,6 +51,25 @@ def test_crops_are_centred_and_inside_the_photo(blob_photo: Callable[..., np.nda
     np.testing.assert_array_equal(tiles[0], photo[y0 : y0 + 32, x0 : x0 + 32].transpose(2, 0, 1))
     # a blob's centre pixel (dark) is the centre of its crop
     assert (tiles[:, :, 16, 16] < 150).all()
+
+
+def test_instance_centres_are_the_nuclei_or_the_tile_middles(
+    blob_photo: Callable[..., np.ndarray],
+) -> None:
+    """Nucleus crops report their nucleus (off-centre in a crop shifted at the edge); grid
+    tiles their middle; the boxes are the instances' own."""
+    photo = blob_photo(150, 160, [*BLOBS, (4, 140, 6)])  # one nucleus at the left edge
+    cells = TilingConfig(tile_size=32, instances="cells")
+    centres, boxes = instance_centres(photo, cells)
+    np.testing.assert_array_equal(boxes, cut_instances(photo, cells)[1])
+    np.testing.assert_allclose(centres, detect_nuclei(photo)[:, :2])
+    inside = (centres >= boxes[:, :2]) & (centres <= boxes[:, 2:])
+    assert inside.all()
+    edge = np.argmin(centres[:, 0])
+    assert centres[edge, 0] < 8 and boxes[edge, 0] == 0  # crop shifted, nucleus off-centre
+    grid = TilingConfig(tile_size=32, stride=32)
+    middles, tiles = instance_centres(photo, grid)
+    np.testing.assert_allclose(middles, (tiles[:, :2] + tiles[:, 2:]) / 2)
 
 
 def test_centred_boxes_shift_at_borders() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from explain.detect import Detections, Nuclei, detect_cells, find_nuclei
+from explain.detect import Detections, Nuclei, detect_cells, find_nuclei, instance_detections
 
 
 def test_find_nuclei_finds_the_dark_blobs(blob_photo) -> None:
@@ -53,3 +53,15 @@ def test_peak_without_nucleus_stays_a_point_and_glass_gives_nothing() -> None:
     assert dets.scores[0] == 3.0
     again = Detections.from_array(dets.to_array())
     np.testing.assert_allclose(again.boxes, dets.boxes)
+
+
+def test_instances_are_their_own_detections_best_first() -> None:
+    centres = np.array([[10.0, 10.0], [50.0, 20.0], [30.0, 40.0]])
+    boxes = np.array([[0, 0, 32, 32], [34, 4, 66, 36], [14, 24, 46, 56]])
+    dets = instance_detections(centres, boxes, np.array([0.2, 0.9, 0.5]), max_detections=2)
+    np.testing.assert_allclose(dets.points, [[50, 20], [30, 40]])
+    np.testing.assert_allclose(dets.boxes, boxes[[1, 2]])
+    np.testing.assert_allclose(dets.scores, [0.9, 0.5])
+    half = dets.scaled(0.5)
+    np.testing.assert_allclose(half.scores, [0.45, 0.25])
+    np.testing.assert_allclose(half.points, dets.points)

@@ -86,8 +86,9 @@ def test_command_writes_maps_overlays_and_localization(run_dir: Path) -> None:
 def test_a_cells_run_is_explained_on_its_nucleus_crops(run_dir: Path) -> None:
     """The instances the model was trained on (here nucleus crops) are the ones explained;
     results stored for other instances (grid tiles) are not reused."""
+    from explain.detect import Detections
     from mil_cyto.data.images import load_rgb
-    from mil_cyto.data.instances import instance_coords
+    from mil_cyto.data.instances import instance_centres
     from mil_cyto.data.tiling import TilingConfig
 
     assert main(["--run", str(run_dir), "--methods", "attention", *FAST, "--no-overlays"]) == 0
@@ -99,8 +100,17 @@ def test_a_cells_run_is_explained_on_its_nucleus_crops(run_dir: Path) -> None:
     cells = TilingConfig(32, 32, 0.05, "cells")
     for name in BLOBS:
         photo = load_rgb(run_dir.parent / "data" / "images" / f"{name}.png")
+        centres, boxes = instance_centres(photo, cells)
         with np.load(run_dir / "explain" / "maps" / f"images_{name}.png.npz") as stored:
-            np.testing.assert_array_equal(stored["coords"], instance_coords(photo, cells))
+            np.testing.assert_array_equal(stored["coords"], boxes)
+            # each crop is a detection at its nucleus; attention (a share within the photo)
+            # is weighted by the photo's probability of being abnormal
+            dets = Detections.from_array(stored["attention.detections"])
+            side = 1.0 - float(stored["probs"][0])
+            expected = np.sort(stored["attention.tile"] * side)[::-1]
+            np.testing.assert_allclose(dets.scores, expected, rtol=1e-5)
+            found = (dets.points[:, None, :] == centres[None, :, :]).all(-1).any(1)
+            assert found.all()
 
 
 def test_rerun_resumes_and_adds_only_missing_methods(run_dir: Path) -> None:

@@ -80,15 +80,17 @@ def centred_boxes(centres: np.ndarray, size: int, height: int, width: int) -> np
     return np.stack([x0, y0, x0 + size, y0 + size], axis=1).astype(np.int32)
 
 
-def cell_coords(
+def cell_instances(
     image: np.ndarray,
     tiling: TilingConfig,
     nuclei: NucleusConfig | None = None,
     *,
     name: str = "image",
-) -> np.ndarray:
-    """The ``(M, 4)`` int32 boxes of one ``tile_size`` crop per detected nucleus (densest
-    first), without cutting the crops.
+) -> tuple[np.ndarray, np.ndarray]:
+    """One ``tile_size`` crop per detected nucleus (densest first), without cutting it:
+    the nuclei's centres ``(M, 2)`` float ``x, y`` px and the crops' boxes ``(M, 4)`` int32
+    ``x0, y0, x1, y1`` (a crop at the photo's edge is shifted inside it, so its nucleus is
+    off-centre).
 
     Raises:
         MilCytoError: the photo is smaller than one crop, or no nucleus is found.
@@ -105,4 +107,15 @@ def cell_coords(
         raise MilCytoError(
             f"{name}: no nucleus found (empty bag); check the photo or use --instances grid"
         )
-    return centred_boxes(found[:, :2], size, height, width)
+    return found[:, :2], centred_boxes(found[:, :2], size, height, width)
+
+
+def cell_coords(
+    image: np.ndarray,
+    tiling: TilingConfig,
+    nuclei: NucleusConfig | None = None,
+    *,
+    name: str = "image",
+) -> np.ndarray:
+    """The ``(M, 4)`` int32 boxes of :func:`cell_instances`."""
+    return cell_instances(image, tiling, nuclei, name=name)[1]

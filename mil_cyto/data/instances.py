@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mil_cyto.data.cells import cell_coords
+from mil_cyto.data.cells import cell_coords, cell_instances
 from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig, extract_tiles, tissue_coords
@@ -29,6 +29,18 @@ def instance_coords(image: np.ndarray, tiling: TilingConfig, *, name: str = "ima
     if tiling.instances == "cells":
         return cell_coords(image, tiling, name=name)
     return tissue_coords(image, tiling, name=name)
+
+
+def instance_centres(
+    image: np.ndarray, tiling: TilingConfig, *, name: str = "image"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each instance's centre ``(N, 2)`` float ``x, y`` px and box ``(N, 4)`` int32: the
+    detected nucleus of a crop (``instances="cells"``; off the box centre at the photo's
+    edge), the middle of a grid tile."""
+    if tiling.instances == "cells":
+        return cell_instances(image, tiling, name=name)
+    coords = tissue_coords(image, tiling, name=name)
+    return (coords[:, :2] + coords[:, 2:]) / 2.0, coords
 
 
 def cut_instances(
