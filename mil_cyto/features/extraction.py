@@ -2,9 +2,10 @@
 
 The pipeline keeps the cores busy and the memory flat:
 
-- a background thread decodes photos (a small thread pool, a few photos ahead), finds their
-  tissue tiles and cuts them straight into fixed-size batches that span photos, so a photo
-  of ten tiles and one of twenty thousand both feed full batches;
+- a background thread decodes photos (a small thread pool, or :class:`DecodingProcesses`
+  where decoding is the bottleneck, as on a GPU; a few photos ahead), finds their instances
+  and cuts them straight into fixed-size batches that span photos, so a photo of ten tiles
+  and one of twenty thousand both feed full batches;
 - tiles are cut as ``(B, T, T, 3)``, which viewed as ``(B, 3, T, T)`` is already channels-last
   (no transposing copy before the convolutions);
 - the main thread runs the frozen encoder under ``torch.inference_mode``, optionally compiled
