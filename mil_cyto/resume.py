@@ -220,3 +220,50 @@ def snapshot_fit(
         ),
         run_fingerprint,
     )
+
+
+def save_stage(
+    folder: Path, name: str, tensors: dict[str, torch.Tensor], record: Any, run_fingerprint: str
+) -> None:
+    """Keep the result of a finished stage of a run (e.g. the pretrained encoder):
+    ``folder/name.safetensors`` first, then ``folder/name.json`` (``record``, JSON-able, the
+    fingerprint and the tensors' SHA-256), both atomically."""
+    folder = Path(folder)
+    tensor_path = folder / f"{name}.safetensors"
+    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(tensor_path) as tmp:
+        save_file(plain, str(tmp), metadata={"format": FORMAT})
+    write_json(
+        folder / f"{name}.json",
+        {
+            "format": FORMAT,
+            "fingerprint": run_fingerprint,
+            "tensors_sha256": hashlib.sha256(tensor_path.read_bytes()).hexdigest(),
+            "record": _plain(record),
+        },
+    )
+
+
+def load_stage(
+    folder: Path, name: str, run_fingerprint: str
+) -> tuple[dict[str, torch.Tensor], Any] | None:
+    """``(tensors, record)`` of a stage :func:`save_stage` kept for this run, or None when
+    there is none, it belongs to another run, or its two files do not match."""
+    folder = Path(folder)
+    tensor_path = folder / f"{name}.safetensors"
+    try:
+        meta = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+        raw = tensor_path.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != FORMAT
+        or meta.get("fingerprint") != run_fingerprint
+        or meta.get("tensors_sha256") != hashlib.sha256(raw).hexdigest()
+    ):
+        return None
+    try:
+        return load_file(str(tensor_path)), _unplain(meta.get("record"))
+    except (SafetensorError, OSError):
+        return None

@@ -11,7 +11,7 @@ import hashlib
 import shutil
 import sys
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from mil_cyto.reporting import (
     write_attention,
     write_predictions,
 )
+from mil_cyto.resume import fingerprint, load_stage, save_stage
 from mil_cyto.training import FeatureBag, FitConfig, fit, predict, seed_everything
 
 RESUME_DIR = "resume"
@@ -123,6 +124,33 @@ def _feature_bags(
                 )
             )
     return bags
+
+
+PRETRAINED_STAGE = "pretrained_encoder"  # in RESUME_DIR: a killed run skips pretraining
+
+
+def _pretraining_fingerprint(config: TrainConfig, train_ids: list[str], tiling: Any) -> str:
+    """What the pretrained encoder depends on: encoder, pretraining settings, seed, threads,
+    instances and the training photos."""
+    keys = ("encoder", "encoder_kwargs", "weights", "weights_cache", "pretrain")
+    settings = {k: getattr(config, k) for k in keys}
+    settings.update(epochs=config.pretrain_epochs, seed=config.seed, threads=config.threads)
+    settings["device"] = config.device
+    return fingerprint({"settings": settings, "tiling": asdict(tiling), "train": train_ids})
+
+
+def _restore_pretraining(
+    encoder: torch.nn.Module, run_dir: Path, key: str
+) -> dict[str, Any] | None:
+    """Load the encoder a killed run already pretrained (and torch's RNG state after it, so
+    the rest of the run is the same); returns its record, or None."""
+    stage = load_stage(run_dir / RESUME_DIR, PRETRAINED_STAGE, key)
+    if stage is None:
+        return None
+    tensors, record = stage
+    encoder.load_state_dict({k[len("encoder.") :]: v for k, v in tensors.items() if k != "rng"})
+    torch.set_rng_state(tensors["rng"])
+    return record
 
 
 def _pretrain(
@@ -230,15 +258,22 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     known_coords: dict[str, np.ndarray] = {}  # instance boxes found so far, for extraction
     if config.pretrain != "none":
         step = time.perf_counter()
-        if tiled is not None:
-            train_tiled = split.take(tiled)[0]
-        else:  # frozen mode cuts no tiles of its own: the training photos' only
-            train_tiled = load_bags(
-                split.take(rows)[0], tiling, workers=config.workers, progress=progress
-            )
-        pretraining = _pretrain(encoder, train_tiled, config, ctx, device, progress)
-        known_coords = {b.image_id: b.coords for b in train_tiled}
-        del train_tiled  # frozen mode: the crops go (~0.3 GB by default), their boxes stay
+        key = _pretraining_fingerprint(config, [r.image_id for r in split.take(rows)[0]], tiling)
+        restore = not ctx.is_distributed  # (pretraining refuses torchrun below)
+        pretraining = _restore_pretraining(encoder, run_dir, key) if restore else None
+        if pretraining is None:
+            if tiled is not None:
+                train_tiled = split.take(tiled)[0]
+            else:  # frozen mode cuts no tiles of its own: the training photos' only
+                train_tiled = load_bags(
+                    split.take(rows)[0], tiling, workers=config.workers, progress=progress
+                )
+            pretraining = _pretrain(encoder, train_tiled, config, ctx, device, progress)
+            known_coords = {b.image_id: b.coords for b in train_tiled}
+            del train_tiled  # frozen mode: the crops go (~0.3 GB by default), their boxes stay
+            tensors = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+            tensors["rng"] = torch.get_rng_state()
+            save_stage(run_dir / RESUME_DIR, PRETRAINED_STAGE, tensors, pretraining, key)
         timing["pretraining"] = time.perf_counter() - step
     pretrained = pretraining["encoder_sha256"] if pretraining else None
     if tiled is not None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from mil_cyto.checkpoint import load_model
 from mil_cyto.data.synthetic import SynthConfig, generate_dataset
@@ -315,6 +316,62 @@ def test_simclr_pretraining_then_frozen_features(tiny_data: Path, tmp_path: Path
     with torch.inference_mode():
         again = model.encoder(torch.from_numpy(tiles)).numpy()
     np.testing.assert_allclose(again, stored, atol=1e-4)
+
+
+def test_a_run_stopped_after_pretraining_does_not_pretrain_again(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pretrained encoder is kept in the run's resume folder: the same command after a
+    stop skips the pretraining and gives the uninterrupted run's model and metrics; a run
+    with other pretraining settings does not take it."""
+    import mil_cyto.train as train_module
+
+    args = ["--data", str(tiny_data), "--mode", "frozen", "--pretrain", "simclr"]
+    args += ["--pretrain-epochs", "1", "--instances", "cells", *FAST]
+    fresh, stopped = tmp_path / "fresh", tmp_path / "stopped"
+    assert main([*args, "--out", str(fresh)]) == 0
+
+    def stop(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt  # killed right after the pretraining
+
+    real_fit = train_module.fit
+    monkeypatch.setattr(train_module, "fit", stop)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(stopped)])
+    assert (stopped / "resume" / "pretrained_encoder.json").is_file()
+    monkeypatch.setattr(train_module, "fit", real_fit)
+    calls: list[int] = []
+    real_pretrain = train_module.pretrain_encoder
+
+    def counting(*a: object, **k: object) -> list[float]:
+        calls.append(1)
+        return real_pretrain(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "pretrain_encoder", counting)
+    assert main([*args, "--out", str(stopped)]) == 0
+    assert calls == []
+    assert not (stopped / "resume").exists()
+    a = load_file(str(fresh / "model.safetensors"))
+    b = load_file(str(stopped / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (fresh, stopped))
+    for m in (ma, mb):
+        m.pop("timing_s")
+        for h in m["training"]["history"]:
+            h.pop("seconds", None)
+    assert ma == mb
+    # the kept encoder serves the same pretraining only
+    from mil_cyto.config import resolve_config
+    from mil_cyto.data.tiling import TilingConfig
+
+    tiling, ids = TilingConfig(48, 48, 0.05, "cells"), ["a.png", "b.png"]
+    keys = {
+        train_module._pretraining_fingerprint(resolve_config({}, change), ids, tiling)
+        for change in ({}, {"pretrain_epochs": 2}, {"seed": 1}, {"encoder_kwargs": {"width": 8}})
+    }
+    assert len(keys) == 4
+    base = resolve_config({}, {})
+    assert train_module._pretraining_fingerprint(base, ids[:1], tiling) not in keys
 
 
 def test_pretrain_settings_are_checked() -> None:
