@@ -251,3 +251,18 @@ def test_explain_bridge_reports_a_missing_package(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "explain.detect", None)
     with pytest.raises(MilCytoError, match="explain package not available"):
         explain_bridge.suspect_cells(np.zeros((8, 8, 3), np.uint8), np.zeros((1, 4)), [0.0], 8)
+
+
+def test_suspect_cells_of_nucleus_crops_are_the_best_crops() -> None:
+    """For a nucleus-crop run the suspects are the crops themselves, best first; grid runs
+    keep map peaks moved to nuclei."""
+    coords = np.array([[0, 0, 16, 16], [20, 4, 36, 20], [8, 24, 24, 40]])
+    scores = np.array([0.1, 2.0, 0.7])
+    photo = np.full((48, 48, 3), 230, np.uint8)
+    boxes, got = explain_bridge.suspect_cells(photo, coords, scores, 16, instances="cells")
+    np.testing.assert_array_equal(boxes, coords[[1, 2, 0]])
+    np.testing.assert_allclose(got, [2.0, 0.7, 0.1])
+    boxes, _ = explain_bridge.suspect_cells(
+        photo, coords, scores, 16, max_detections=1, instances="cells"
+    )
+    np.testing.assert_array_equal(boxes, coords[[1]])

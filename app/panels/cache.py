@@ -79,8 +79,8 @@ def attribution(
 
 @st.cache_data(show_spinner="finding suspect cells ...", max_entries=32)
 def suspects(
-    key: str, _photo: np.ndarray, coords: np.ndarray, scores: np.ndarray
+    key: str, _photo: np.ndarray, coords: np.ndarray, scores: np.ndarray, instances: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Suspect cells of one photo's attention (``key`` names the photo in the cache)."""
     size = int(coords[0, 2] - coords[0, 0])
-    return explain_bridge.suspect_cells(_photo, coords, scores, size)
+    return explain_bridge.suspect_cells(_photo, coords, scores, size, instances=instances)

@@ -103,5 +103,6 @@ def _show_photo(run: Run, row: dict) -> None:
             cells=cells,
             marks_file=marks_path(run.path),
             model_loader=lambda: cache.model_for(run),
+            instances=str(run.config().get("instances", "grid")),
         )
     )

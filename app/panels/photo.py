@@ -52,6 +52,7 @@ class PhotoCase:
     cells: list[CellBox]
     marks_file: Path | None
     model_loader: Any
+    instances: str = "grid"  # the run's: grid tiles or nucleus crops ("cells")
 
 
 def _probabilities(case: PhotoCase) -> str:
@@ -87,7 +88,9 @@ def _suspects(case: PhotoCase) -> tuple[tuple[np.ndarray, np.ndarray] | None, st
     if explain_bridge.status() is not None:
         return None, f"suspect cells: {explain_bridge.status()}"
     try:
-        found = cache.suspects(case.cache_key, case.photo, case.tiles.coords, case.tiles.scores)
+        found = cache.suspects(
+            case.cache_key, case.photo, case.tiles.coords, case.tiles.scores, case.instances
+        )
     except MilCytoError as err:
         return None, f"suspect cells: {err}"
     return found, ""

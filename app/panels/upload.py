@@ -65,5 +65,6 @@ def upload_page(run: Run) -> None:
             cells=[],
             marks_file=None,
             model_loader=lambda: (model, recipe),
+            instances=str(recipe["tiling"].get("instances", "grid")),
         )
     )

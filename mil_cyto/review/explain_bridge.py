@@ -85,9 +85,12 @@ def suspect_cells(
     tile_size: int,
     *,
     max_detections: int = 30,
+    instances: str = "grid",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Suspect cells where a tile-score map peaks, each moved to a detected nucleus
-    (``explain.detect``, as ``python -m explain`` does for tile-level maps).
+    """Suspect cells, as ``python -m explain`` finds them for tile-level maps: where a
+    tile-score map of grid tiles peaks, each moved to a detected nucleus
+    (``explain.detect``); for nucleus crops (``instances="cells"``), the best crops
+    themselves, each already one cell.
 
     ``photo`` ``(H, W, 3)`` uint8, ``coords`` ``(N, 4)``, ``tile_scores`` ``(N,)`` (e.g.
     attention logits). Returns boxes ``(M, 4)`` ``x0, y0, x1, y1`` and scores ``(M,)``,
@@ -97,10 +100,18 @@ def suspect_cells(
         MilCytoError: ``explain`` is not available.
     """
     detect = _module("explain.detect")
-    maps = _module("explain.maps")
-    heat = maps.tile_heatmap(photo.shape[:2], coords, tile_scores)
-    nuclei = detect.find_nuclei(photo)
-    found = detect.detect_cells(
-        heat, nuclei, sigma=tile_size / 4, radius=tile_size / 3, max_detections=max_detections
-    )
+    if instances == "cells":
+        boxes = np.asarray(coords, dtype=np.float64).reshape(-1, 4)
+        middles = (boxes[:, :2] + boxes[:, 2:]) / 2
+        found = detect.instance_detections(middles, boxes, tile_scores, max_detections)
+    else:
+        maps = _module("explain.maps")
+        heat = maps.tile_heatmap(photo.shape[:2], coords, tile_scores)
+        found = detect.detect_cells(
+            heat,
+            detect.find_nuclei(photo),
+            sigma=tile_size / 4,
+            radius=tile_size / 3,
+            max_detections=max_detections,
+        )
     return np.asarray(found.boxes, dtype=np.float64).reshape(-1, 4), np.asarray(found.scores)
