@@ -70,6 +70,42 @@ def _unplain(value: Any) -> Any:
     return value
 
 
+def _write_pair(
+    tensor_path: Path, json_path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    """``tensors`` (safetensors) first, then ``meta`` (JSON, with the format and the tensor
+    file's SHA-256 added), each atomically: a kill between the two writes leaves a pair
+    that :func:`_read_pair` ignores."""
+    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(tensor_path) as tmp:
+        save_file(plain, str(tmp), metadata={"format": FORMAT})
+    digest = hashlib.sha256(tensor_path.read_bytes()).hexdigest()
+    write_json(json_path, {"format": FORMAT, **meta, "tensors_sha256": digest})
+
+
+def _read_pair(
+    tensor_path: Path, json_path: Path, run_fingerprint: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """``(meta, tensors)`` written by :func:`_write_pair` for this run, or None when missing,
+    of another run (fingerprint) or mismatched (a kill between the writes)."""
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+        raw = tensor_path.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != FORMAT
+        or meta.get("fingerprint") != run_fingerprint
+        or meta.get("tensors_sha256") != hashlib.sha256(raw).hexdigest()
+    ):
+        return None
+    try:
+        return meta, load_file(str(tensor_path))
+    except (SafetensorError, OSError):
+        return None
+
+
 def save_checkpoint(folder: Path, state: ResumeState, run_fingerprint: str) -> None:
     """Write ``state`` into ``folder`` (created), tensors first, JSON last."""
     folder = Path(folder)
@@ -88,16 +124,12 @@ def save_checkpoint(folder: Path, state: ResumeState, run_fingerprint: str) -> N
             tensors[f"opt.{idx}.{name}"] = t
             names.append(name)
         opt_state[str(idx)] = names
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    with atomic_path(folder / STATE_TENSORS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    digest = hashlib.sha256((folder / STATE_TENSORS).read_bytes()).hexdigest()
-    write_json(
+    _write_pair(
+        folder / STATE_TENSORS,
         folder / STATE_JSON,
+        tensors,
         {
-            "format": FORMAT,
             "fingerprint": run_fingerprint,
-            "tensors_sha256": digest,
             "epoch": state.epoch,
             "optimizer_param_groups": _plain(state.optimizer["param_groups"]),
             "optimizer_state_keys": opt_state,
@@ -114,22 +146,10 @@ def load_checkpoint(folder: Path, run_fingerprint: str) -> ResumeState | None:
     """The checkpoint in ``folder``, or None when there is none, it belongs to another run
     (fingerprint), or its two files do not match (a kill between the writes)."""
     folder = Path(folder)
-    try:
-        meta = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
-        raw = (folder / STATE_TENSORS).read_bytes()
-    except (OSError, ValueError):
+    pair = _read_pair(folder / STATE_TENSORS, folder / STATE_JSON, run_fingerprint)
+    if pair is None:
         return None
-    if (
-        not isinstance(meta, dict)
-        or meta.get("format") != FORMAT
-        or meta.get("fingerprint") != run_fingerprint
-        or meta.get("tensors_sha256") != hashlib.sha256(raw).hexdigest()
-    ):
-        return None
-    try:
-        tensors = load_file(str(folder / STATE_TENSORS))
-    except (SafetensorError, OSError):
-        return None
+    meta, tensors = pair
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -229,19 +249,8 @@ def save_stage(
     ``folder/name.safetensors`` first, then ``folder/name.json`` (``record``, JSON-able, the
     fingerprint and the tensors' SHA-256), both atomically."""
     folder = Path(folder)
-    tensor_path = folder / f"{name}.safetensors"
-    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    with atomic_path(tensor_path) as tmp:
-        save_file(plain, str(tmp), metadata={"format": FORMAT})
-    write_json(
-        folder / f"{name}.json",
-        {
-            "format": FORMAT,
-            "fingerprint": run_fingerprint,
-            "tensors_sha256": hashlib.sha256(tensor_path.read_bytes()).hexdigest(),
-            "record": _plain(record),
-        },
-    )
+    meta = {"fingerprint": run_fingerprint, "record": _plain(record)}
+    _write_pair(folder / f"{name}.safetensors", folder / f"{name}.json", tensors, meta)
 
 
 def load_stage(
@@ -250,20 +259,8 @@ def load_stage(
     """``(tensors, record)`` of a stage :func:`save_stage` kept for this run, or None when
     there is none, it belongs to another run, or its two files do not match."""
     folder = Path(folder)
-    tensor_path = folder / f"{name}.safetensors"
-    try:
-        meta = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
-        raw = tensor_path.read_bytes()
-    except (OSError, ValueError):
+    pair = _read_pair(folder / f"{name}.safetensors", folder / f"{name}.json", run_fingerprint)
+    if pair is None:
         return None
-    if (
-        not isinstance(meta, dict)
-        or meta.get("format") != FORMAT
-        or meta.get("fingerprint") != run_fingerprint
-        or meta.get("tensors_sha256") != hashlib.sha256(raw).hexdigest()
-    ):
-        return None
-    try:
-        return load_file(str(tensor_path)), _unplain(meta.get("record"))
-    except (SafetensorError, OSError):
-        return None
+    meta, tensors = pair
+    return tensors, _unplain(meta.get("record"))
