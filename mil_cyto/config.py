@@ -62,6 +62,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (training and evaluation); no effect on CPU
     workers: int = 2
+    decode_processes: int = 0  # > 0: decode photos on this many processes, not --workers threads
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
     def __post_init__(self) -> None:
@@ -116,4 +117,6 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> T
         raise MilCytoError(f"--pretrain {config.pretrain!r}: use none or simclr")
     if config.pretrain_epochs < 1:
         raise MilCytoError("--pretrain-epochs must be >= 1")
+    if config.decode_processes < 0:
+        raise MilCytoError("--decode-processes must be >= 0 (0 = decoding threads)")
     return config

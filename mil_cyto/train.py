@@ -7,6 +7,7 @@ CPU and evaluates on patient-disjoint test photos. See ``--help``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import shutil
 import sys
@@ -38,6 +39,7 @@ from mil_cyto.distributed import (
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.features import BagStore, extract_to_store
+from mil_cyto.features.extraction import DecodingProcesses
 from mil_cyto.io import write_json, write_text
 from mil_cyto.labels import GRADES
 from mil_cyto.localization import localization_metrics, read_cell_boxes
@@ -79,6 +81,13 @@ def _run_dir(config: TrainConfig) -> Path:
     return out
 
 
+def _decoding(config: TrainConfig) -> contextlib.AbstractContextManager[Any]:
+    """A pool of ``--decode-processes`` decoding processes for one stage, or None (threads)."""
+    if config.decode_processes > 0:
+        return DecodingProcesses(config.decode_processes)
+    return contextlib.nullcontext()
+
+
 def _feature_bags(
     rows: list[ManifestRow],
     encoder: Any,
@@ -103,17 +112,19 @@ def _feature_bags(
     }
     if pretrained is not None:
         provenance["pretrained_sha256"] = pretrained
-    extract_to_store(
-        rows,
-        encoder,
-        store_path,
-        tiling=tiling,
-        provenance=provenance,
-        device=device,
-        workers=config.workers,
-        progress=progress,
-        known_coords=known_coords,
-    )
+    with _decoding(config) as pool:
+        extract_to_store(
+            rows,
+            encoder,
+            store_path,
+            tiling=tiling,
+            provenance=provenance,
+            device=device,
+            workers=config.workers,
+            progress=progress,
+            known_coords=known_coords,
+            decoder=pool,
+        )
     with BagStore(store_path) as store:
         bags = []
         for row in rows:
@@ -252,7 +263,8 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     tiled: list[Any] | None = None  # fine-tuning: every photo's tiles, cut once
     if config.mode == "finetune":
         step = time.perf_counter()
-        tiled = load_bags(rows, tiling, workers=config.workers, progress=progress)
+        with _decoding(config) as pool:
+            tiled = load_bags(rows, tiling, workers=config.workers, progress=progress, pool=pool)
         timing["tiling photos"] = time.perf_counter() - step
     pretraining: dict[str, Any] | None = None
     known_coords: dict[str, np.ndarray] = {}  # instance boxes found so far, for extraction
@@ -265,9 +277,14 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
             if tiled is not None:
                 train_tiled = split.take(tiled)[0]
             else:  # frozen mode cuts no tiles of its own: the training photos' only
-                train_tiled = load_bags(
-                    split.take(rows)[0], tiling, workers=config.workers, progress=progress
-                )
+                with _decoding(config) as pool:
+                    train_tiled = load_bags(
+                        split.take(rows)[0],
+                        tiling,
+                        workers=config.workers,
+                        progress=progress,
+                        pool=pool,
+                    )
             pretraining = _pretrain(encoder, train_tiled, config, ctx, device, progress)
             known_coords = {b.image_id: b.coords for b in train_tiled}
             del train_tiled  # frozen mode: the crops go (~0.3 GB by default), their boxes stay
@@ -466,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16 mixed precision on CUDA (default on; no effect on CPU)",
     )
     add("--workers", type=int, help=f"threads for decoding photos ({d.workers})")
+    add(
+        "--decode-processes",
+        type=int,
+        help="decode photos on this many processes instead of --workers threads (for a GPU "
+        "machine, where decoding and nucleus detection are the bottleneck; 0 = threads)",
+    )
     add("--threads", type=int, help="torch CPU threads (0 = torch's default)")
     add("--quiet", action="store_true", help="no progress bars")
     return parser

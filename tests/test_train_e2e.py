@@ -374,6 +374,20 @@ def test_a_run_stopped_after_pretraining_does_not_pretrain_again(
     assert train_module._pretraining_fingerprint(base, ids[:1], tiling) not in keys
 
 
+def test_decoding_processes_train_the_same_model(tiny_data: Path, tmp_path: Path) -> None:
+    """--decode-processes (pretraining crops and extraction decoded on processes) gives the
+    run that decoding threads give."""
+    args = ["--data", str(tiny_data), "--pretrain-epochs", "1", *FAST]
+    threads, procs = tmp_path / "threads", tmp_path / "procs"
+    assert main([*args, "--out", str(threads)]) == 0
+    assert main([*args, "--out", str(procs), "--decode-processes", "2"]) == 0
+    a = load_file(str(threads / "model.safetensors"))
+    b = load_file(str(procs / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (threads / "predictions.csv").read_text() == (procs / "predictions.csv").read_text()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--decode-processes", "-1"]) == 2
+
+
 def test_pretrain_settings_are_checked() -> None:
     from mil_cyto.config import resolve_config
     from mil_cyto.errors import MilCytoError

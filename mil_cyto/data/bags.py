@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,8 +44,12 @@ def load_bags(
     workers: int = 2,
     progress: bool = True,
     desc: str = "tiling photos",
+    pool: Executor | None = None,
 ) -> list[Bag]:
-    """Tile every photo (PNG/JPEG decoding releases the GIL, so threads overlap it)."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        jobs = pool.map(lambda row: load_bag(row, tiling), rows)
+    """Tile every photo on ``workers`` threads (PNG/JPEG decoding releases the GIL, so
+    threads overlap it), or on ``pool`` (e.g. decoding processes; the caller owns it)."""
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers)))
+        jobs = pool.map(load_bag, rows, itertools.repeat(tiling))
         return list(tqdm(jobs, total=len(rows), desc=desc, disable=not progress, unit="photo"))

@@ -106,7 +106,8 @@ def prefetch_photos(
 
 class DecodingProcesses(ProcessPoolExecutor):
     """A pool of ``workers`` processes that decode photos and find their instances, for
-    :func:`embed_photos` / ``extract_to_store(decoder=...)`` in place of decoding threads.
+    :func:`embed_photos` / ``extract_to_store(decoder=...)`` and
+    :func:`~mil_cyto.data.bags.load_bags` in place of decoding threads.
 
     For GPU extraction, where the CPU side is the bottleneck and decoding threads stop
     scaling after a few (parts of PNG decoding and of the tissue / nucleus search hold the
@@ -123,7 +124,7 @@ class DecodingProcesses(ProcessPoolExecutor):
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         context = mp.get_context(method)
         if method == "forkserver":
-            context.set_forkserver_preload(["__main__", "mil_cyto.data.instances"])
+            context.set_forkserver_preload(["__main__", "mil_cyto.data.bags"])
         super().__init__(max_workers=workers, mp_context=context)
         self.workers = workers
 
