@@ -51,10 +51,13 @@ class AttributionSettings:
 @dataclass
 class TileAttribution:
     """``tile`` ``(N,)`` float32, higher = more evidence for the target class; ``pixel``
-    ``(N, T, T)`` float32 inside each tile, or None for tile-only methods."""
+    ``(N, T, T)`` float32 inside each tile, or None for tile-only methods; ``within_photo``:
+    the scores are shares within the photo (attention sums to 1), not comparable across
+    photos."""
 
     tile: np.ndarray
     pixel: np.ndarray | None
+    within_photo: bool = False
 
 
 @dataclass
@@ -166,7 +169,7 @@ def _attention(photo: PhotoInput, target: int, s: AttributionSettings) -> TileAt
     with torch.no_grad():
         out = photo.model.aggregator(photo.features[None])
     n = photo.features.shape[0]
-    return TileAttribution(_np(out.attention[0] * n), None)
+    return TileAttribution(_np(out.attention[0] * n), None, within_photo=True)
 
 
 @_method("instance_head")

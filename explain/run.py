@@ -44,8 +44,6 @@ from mil_cyto.models.mil_model import MILModel
 
 TARGET_RULES = ("abnormal", "pred", "label")
 DETECTOR = "peaks-to-LoG-nuclei/3"  # bump when detection changes: stored results are redone
-# methods whose tile scores are shares within a photo (no class, no scale across photos)
-CLASS_AGNOSTIC = frozenset({"attention"})
 FAITH_KEYS = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc")
 
 
@@ -219,7 +217,7 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
                 local_sigma=local,
                 max_detections=config.max_detections,
             )
-        if method in CLASS_AGNOSTIC:
+        if attr.within_photo:
             dets = dets.scaled(side)
         faith = faithfulness(model, prepared.features, attr.tile, target)
         result[f"{method}.tile"] = attr.tile

@@ -140,7 +140,9 @@ def _feature_bags(
 PRETRAINED_STAGE = "pretrained_encoder"  # in RESUME_DIR: a killed run skips pretraining
 
 
-def _pretraining_fingerprint(config: TrainConfig, train_ids: list[str], tiling: Any) -> str:
+def _pretraining_fingerprint(
+    config: TrainConfig, train_ids: list[str], tiling: TilingConfig
+) -> str:
     """What the pretrained encoder depends on: encoder, pretraining settings, seed, threads,
     instances and the training photos."""
     keys = ("encoder", "encoder_kwargs", "weights", "weights_cache", "pretrain")
@@ -164,23 +166,26 @@ def _restore_pretraining(
     return record
 
 
-def _pretrain(
-    encoder: torch.nn.Module,
-    train_bags: list[Any],
-    config: TrainConfig,
-    ctx: DistContext,
-    device: torch.device,
-    progress: bool,
-) -> dict[str, Any]:
-    """Self-supervised pretraining of ``encoder`` on the training photos' tiled bags
-    (:mod:`mil_cyto.pretrain`); returns what metrics.json records of it, with the SHA-256 of
-    the encoder's weights afterwards."""
+def _check_pretraining(config: TrainConfig, ctx: DistContext) -> None:
+    """Refuse what pretraining cannot do: an unknown method, or several processes."""
     if config.pretrain != "simclr":
         raise MilCytoError(f"pretrain {config.pretrain!r}: use none or simclr")
     if ctx.is_distributed:
         raise MilCytoError(
             "--pretrain runs in one process; pretrain without torchrun, or use --pretrain none"
         )
+
+
+def _pretrain(
+    encoder: torch.nn.Module,
+    train_bags: list[Any],
+    config: TrainConfig,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, Any]:
+    """Self-supervised pretraining of ``encoder`` on the training photos' tiled bags
+    (:mod:`mil_cyto.pretrain`); returns what metrics.json records of it, with the SHA-256 of
+    the encoder's weights afterwards."""
     tiles = torch.from_numpy(np.concatenate([b.tiles for b in train_bags]))
     settings = PretrainConfig(epochs=config.pretrain_epochs, seed=config.seed)
     losses = pretrain_encoder(encoder, tiles, settings, device, progress=progress)
@@ -269,10 +274,10 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     pretraining: dict[str, Any] | None = None
     known_coords: dict[str, np.ndarray] = {}  # instance boxes found so far, for extraction
     if config.pretrain != "none":
+        _check_pretraining(config, ctx)
         step = time.perf_counter()
         key = _pretraining_fingerprint(config, [r.image_id for r in split.take(rows)[0]], tiling)
-        restore = not ctx.is_distributed  # (pretraining refuses torchrun below)
-        pretraining = _restore_pretraining(encoder, run_dir, key) if restore else None
+        pretraining = _restore_pretraining(encoder, run_dir, key)
         if pretraining is None:
             if tiled is not None:
                 train_tiled = split.take(tiled)[0]
@@ -285,7 +290,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
                         progress=progress,
                         pool=pool,
                     )
-            pretraining = _pretrain(encoder, train_tiled, config, ctx, device, progress)
+            pretraining = _pretrain(encoder, train_tiled, config, device, progress)
             known_coords = {b.image_id: b.coords for b in train_tiled}
             del train_tiled  # frozen mode: the crops go (~0.3 GB by default), their boxes stay
             tensors = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}

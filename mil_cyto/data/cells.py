@@ -108,14 +108,3 @@ def cell_instances(
             f"{name}: no nucleus found (empty bag); check the photo or use --instances grid"
         )
     return found[:, :2], centred_boxes(found[:, :2], size, height, width)
-
-
-def cell_coords(
-    image: np.ndarray,
-    tiling: TilingConfig,
-    nuclei: NucleusConfig | None = None,
-    *,
-    name: str = "image",
-) -> np.ndarray:
-    """The ``(M, 4)`` int32 boxes of :func:`cell_instances`."""
-    return cell_instances(image, tiling, nuclei, name=name)[1]

@@ -7,12 +7,11 @@ same everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from mil_cyto.data.cells import cell_coords, cell_instances
+from mil_cyto.data.cells import cell_instances
 from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig, extract_tiles, tissue_coords
@@ -26,9 +25,7 @@ def instance_coords(image: np.ndarray, tiling: TilingConfig, *, name: str = "ima
     Raises:
         MilCytoError: naming ``name``: the photo is smaller than one tile, or the bag is empty.
     """
-    if tiling.instances == "cells":
-        return cell_coords(image, tiling, name=name)
-    return tissue_coords(image, tiling, name=name)
+    return instance_centres(image, tiling, name=name)[1]
 
 
 def instance_centres(
@@ -68,13 +65,12 @@ class PhotoPlan:
 
 
 def load_photo(
-    row: ManifestRow, tiling: TilingConfig, known: Mapping[str, np.ndarray] | None = None
+    row: ManifestRow, tiling: TilingConfig, known: np.ndarray | None = None
 ) -> PhotoPlan:
     """Decode one photo and find its instances, grid tiles or nucleus crops as ``tiling``
-    says, unless ``known`` already holds its boxes (found with the same tiling), which skips
-    the nucleus detection (raises MilCytoError naming the file)."""
+    says, unless ``known`` already holds its ``(N, 4)`` boxes (found with the same tiling),
+    which skips the nucleus detection (raises MilCytoError naming the file)."""
     image = load_rgb(row.image, hint=f"manifest row {row.image_id!r}")
-    coords = known.get(row.image_id) if known is not None else None
-    if coords is None:
-        coords = instance_coords(image, tiling, name=str(row.image))
-    return PhotoPlan(row, image, coords)
+    if known is None:
+        known = instance_coords(image, tiling, name=str(row.image))
+    return PhotoPlan(row, image, known)

@@ -72,16 +72,14 @@ def prefetch_photos(
 ) -> Iterator[PhotoPlan]:
     """Decode photos in row order, at most ``depth`` ahead: on ``workers`` threads, or on
     ``pool`` (an executor the caller owns, e.g. :class:`DecodingProcesses`; not shut down
-    here). ``known``: boxes already found per image id, handed to ``loader`` as
-    ``known={image_id: boxes}`` for the photos it holds (only that photo's, so a process pool
-    is not sent the whole mapping with every photo)."""
+    here). ``known``: boxes already found per image id; ``loader`` gets a photo's own as
+    ``known=boxes`` (so a process pool is sent one photo's boxes, not the whole mapping)."""
     own = pool is None
     executor = ThreadPoolExecutor(max_workers=max(1, workers)) if pool is None else pool
 
     def submit(row: ManifestRow) -> Future[PhotoPlan]:
         if known is not None and row.image_id in known:
-            subset = {row.image_id: known[row.image_id]}
-            return executor.submit(loader, row, tiling, known=subset)
+            return executor.submit(loader, row, tiling, known=known[row.image_id])
         return executor.submit(loader, row, tiling)
 
     pending: deque[Future[PhotoPlan]] = deque()
