@@ -148,6 +148,25 @@ def test_tissue_mask_marks_blobs_not_glass(blob_photo: Photo) -> None:
     assert not mask[:10].any() and not mask[:, :10].any()
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tissue_mask_agrees_with_the_float64_search(seed: int) -> None:
+    """The 8-bit histogram search marks the same tissue as Otsu on ``rgb2gray``'s float64
+    grey with the 95th-percentile cap (the search it replaced) up to grey rounding."""
+    from skimage.color import rgb2gray
+    from skimage.filters import threshold_otsu
+
+    from mil_cyto.data.synthetic import draw_field, random_stain
+
+    rng = np.random.default_rng(seed)
+    photo, _ = draw_field(rng, 320, 240, "CIN2+", random_stain(rng))
+    grey = rgb2gray(photo)
+    threshold = min(threshold_otsu(grey), float(np.percentile(grey, 95)) - 0.03)
+    reference = open_cross(grey < threshold)
+    mask = tissue_mask(photo)
+    assert 0.02 < reference.mean() < 0.98  # a real field: neither all glass nor all cells
+    assert (mask != reference).mean() < 0.015
+
+
 def test_stride_smaller_than_tile(blob_photo: Photo) -> None:
     photo = blob_photo(96, 96, blobs=((48, 48, 20),))
     cfg = TilingConfig(tile_size=32, stride=16, min_tissue=0.05)
