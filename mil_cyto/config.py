@@ -35,7 +35,7 @@ class TrainConfig:
     # simclr (self-supervised, on the training photos' instances) | none; None = simclr, or
     # none when the encoder comes with weights (--weights / --weights-cache)
     pretrain: str | None = None
-    pretrain_epochs: int = 4
+    pretrain_epochs: int = 8
     aggregator: str = "gated_abmil"
     aggregator_kwargs: dict[str, Any] | None = None
     bag_norm: bool = True  # standardise tile features within each photo before the head

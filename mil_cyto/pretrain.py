@@ -27,7 +27,7 @@ class PretrainConfig:
     step (2 x that many views), AdamW at ``lr`` on a one-cycle schedule, the NT-Xent
     ``temperature``, and the smallest random crop as a fraction of the tile side."""
 
-    epochs: int = 4
+    epochs: int = 8
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
