@@ -10,6 +10,9 @@
 ``--device cuda`` runs all three on the GPU: the package and the raw forward under the
 package's fp16 autocast, eager timm in float32 with each batch copied to the GPU and the
 features back (as user code does); every timing ends with the features on the host.
+``--amp`` on a CPU with native bf16 (AVX512-BF16 or AMX) runs the package and the raw
+forward under bf16 autocast in the same way (eager timm stays float32); the JSON's
+``precision`` says which.
 
 The three are timed in interleaved rounds so that load from other processes falls on all
 of them alike. Compilation happens once, before timing. The last line is JSON:
@@ -62,10 +65,11 @@ def _batches(tiles: np.ndarray, batch_size: int) -> list[torch.Tensor]:
     return [torch.from_numpy(part).permute(0, 3, 1, 2) for part in parts]
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (package and raw: fp16 autocast)"
-    return "CPU"
+def _device_name(device: torch.device, dtype: torch.dtype | None) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    if dtype is None:
+        return name
+    return f"{name} (package and raw: {str(dtype).removeprefix('torch.')} autocast)"
 
 
 def main() -> None:
@@ -84,6 +88,13 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="package and raw forward in reduced precision: fp16 on CUDA (default on there), "
+        "bf16 on a CPU with native bf16 (opt-in); eager timm stays float32",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -110,7 +121,7 @@ def main() -> None:
     raw_inputs = _batches(tiles, args.batch_size)
 
     clock = time.perf_counter()
-    runner = EncoderRunner(encoder, device, compile="on")
+    runner = EncoderRunner(encoder, device, compile="on", amp=args.amp)
     runner.warm_up(args.tile_size, args.batch_size)
     compile_s = time.perf_counter() - clock
 
@@ -158,7 +169,7 @@ def main() -> None:
         f"{torch.get_num_threads()} torch threads, decoding on "
         f"{f'{args.decode_processes} processes' if decoder else f'{args.workers} threads'}, "
         f"{args.rounds} interleaved rounds on "
-        f"{_device_name(device)}; "
+        f"{_device_name(device, runner.dtype)}; "
         f"compile {compile_s:.0f} s; load average {load_start:.1f} -> {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} cores"
     )
@@ -171,6 +182,7 @@ def main() -> None:
     result = {
         "model": args.model,
         "device": device.type,
+        "precision": str(runner.dtype or torch.float32).removeprefix("torch."),
         "tiles_per_s": round(rate["package"], 2),
         "raw_forward_tiles_per_s": round(rate["raw"], 2),
         "eager_tiles_per_s": round(rate["eager"], 2),

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from mil_cyto.errors import MilCytoError
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU."""
@@ -24,3 +26,45 @@ def mixed_precision(
     if enabled and torch.device(device).type == "cuda":
         return torch.autocast(device_type="cuda", dtype=dtype)
     return contextlib.nullcontext()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16), so that bf16
+    autocast runs faster than float32 instead of being emulated."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is None:
+        return False
+    try:
+        found = capabilities()
+    except (RuntimeError, AttributeError):
+        return False
+    return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
+
+
+def extraction_dtype(device: torch.device | str, amp: bool) -> torch.dtype | None:
+    """The reduced precision of frozen-feature extraction, None for float32: with ``amp``,
+    fp16 on CUDA and bf16 on a CPU that has it natively (opt-in there: about 2.5x the float32
+    throughput of resnet18, features within ~1e-3 of float32).
+
+    Raises:
+        MilCytoError: ``amp`` on a CPU without native bf16.
+    """
+    if not amp:
+        return None
+    if torch.device(device).type == "cuda":
+        return torch.float16
+    if not cpu_has_native_bf16():
+        raise MilCytoError(
+            "mixed precision (--amp) on the CPU needs native bf16 (AVX512-BF16 or AMX), which "
+            "this CPU lacks; drop --amp"
+        )
+    return torch.bfloat16
+
+
+def autocast_to(
+    device: torch.device | str, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to ``dtype`` on ``device``'s type; nothing (float32) when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

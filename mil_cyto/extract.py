@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="fp16 autocast (CUDA only; default on there)",
+        help="reduced precision: fp16 autocast on CUDA (default on there); on a CPU with "
+        "native bf16 (AVX512-BF16 or AMX), bf16 autocast (opt-in: ~2.5x faster for resnet18, "
+        "features within ~1e-3 of float32; recorded in the store)",
     )
     add("--seed", type=int, default=0, help="seed of a randomly initialised encoder")
     add("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import mil_cyto.devices as devices
 import mil_cyto.features.extraction as extraction
 from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow, read_manifest
@@ -150,8 +151,40 @@ def test_auto_without_compiler_is_eager(
     assert not EncoderRunner(encoder, "cpu", compile="auto").compiled
     with pytest.raises(MilCytoError, match="--compile"):
         EncoderRunner(encoder, "cpu", compile="sometimes")
-    with pytest.raises(MilCytoError, match="CUDA only"):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(MilCytoError, match="native bf16"):
         EncoderRunner(encoder, "cpu", amp=True)
+
+
+def test_cpu_bf16_features_are_close_and_kept_apart(
+    rows: list[ManifestRow],
+    encoder: TileEncoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``amp`` on a CPU with native bf16 (faked here: torch runs bf16 autocast on any x86 CPU,
+    only slower): bf16 features within bf16 error of float32, not equal to them, and a store
+    written in bf16 records it, so float32 features never join or reuse it."""
+    from mil_cyto.features.store import BagStore, extract_to_store
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    runner = EncoderRunner(encoder, "cpu", amp=True)
+    assert runner.dtype == torch.bfloat16
+    photos = list(embed_photos(rows, runner, TILING, batch_size=8))
+    for photo in photos:
+        plain = _plain(photo.row, encoder)[0]
+        assert photo.features.dtype == np.float32
+        np.testing.assert_allclose(
+            photo.features, plain, rtol=0.05, atol=0.02 * np.abs(plain).max()
+        )
+    assert any(not np.array_equal(p.features, _plain(p.row, encoder)[0]) for p in photos)
+
+    out = tmp_path / "bf16.h5"
+    extract_to_store(rows, encoder, out, tiling=TILING, provenance={"encoder": "t"}, amp=True)
+    with BagStore(out) as store:
+        assert store.provenance["precision"] == "bfloat16"
+    with pytest.raises(MilCytoError, match="holds other features"):
+        extract_to_store(rows, encoder, out, tiling=TILING, provenance={"encoder": "t"})
 
 
 def test_bad_photo_keeps_the_photos_before_it(

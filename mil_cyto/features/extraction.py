@@ -10,7 +10,8 @@ The pipeline keeps the cores busy and the memory flat:
   (no transposing copy before the convolutions);
 - the main thread runs the frozen encoder under ``torch.inference_mode``, optionally compiled
   by ``torch.compile`` (Inductor, weights frozen as constants on CPU) with a clean fallback
-  to eager mode, and under fp16 autocast on CUDA only;
+  to eager mode, and optionally under fp16 autocast on CUDA (the default there) or bf16
+  autocast on a CPU with native bf16 (opt-in);
 - only the photo's features accumulate; tiles exist a few batches at a time.
 """
 
@@ -32,7 +33,7 @@ import torch
 from mil_cyto.data.instances import PhotoPlan, load_photo
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig
-from mil_cyto.devices import mixed_precision
+from mil_cyto.devices import autocast_to, extraction_dtype
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
 
@@ -237,8 +238,10 @@ class EncoderRunner:
 
     ``compile``: ``"off"`` eager; ``"on"`` torch.compile or a MilCytoError; ``"auto"``
     torch.compile when a compiler is available, eager (with a warning) if compiling fails.
-    ``amp`` (CUDA only; default on there): fp16 autocast. On CPU the numbers match the plain
-    eager encoder within float tolerance (compiling folds batch norm into the convolutions).
+    ``amp`` (default on CUDA, off on CPU): fp16 autocast on CUDA, bf16 autocast on a CPU with
+    native bf16 (:func:`~mil_cyto.devices.extraction_dtype`); ``dtype`` holds which (None =
+    float32). In float32 the numbers match the plain eager encoder within float tolerance
+    (compiling folds batch norm into the convolutions).
     The compiled graph serves the first batch shape it sees (the full batch); any other shape
     (the last, short batch) runs eager rather than paying a recompilation or padding.
     """
@@ -259,8 +262,7 @@ class EncoderRunner:
         self.encoder = encoder.to(self.device).eval()
         self.out_dim = int(encoder.out_dim)
         self.amp = bool(amp if amp is not None else self.device.type == "cuda")
-        if self.amp and self.device.type != "cuda":
-            raise MilCytoError("mixed precision (amp) is for CUDA only; drop it on CPU")
+        self.dtype = extraction_dtype(self.device, self.amp)
         self.mode = compile
         self.compiled = False
         self._fn: Callable[[torch.Tensor], torch.Tensor] = self.encoder
@@ -280,7 +282,7 @@ class EncoderRunner:
             self._shape = tuple(tiles.shape)
         fn = self._fn if tuple(tiles.shape) == self._shape else self.encoder
         try:
-            with mixed_precision(self.device, self.amp, torch.float16):
+            with autocast_to(self.device, self.dtype):
                 out = fn(tiles)
         except Exception as err:
             if not self.compiled or self.mode == "on":
@@ -296,7 +298,7 @@ class EncoderRunner:
                 stacklevel=2,
             )
             self._fn, self.compiled = self.encoder, False
-            with mixed_precision(self.device, self.amp, torch.float16):
+            with autocast_to(self.device, self.dtype):
                 out = self._fn(tiles)
         return out.float().cpu()
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig
+from mil_cyto.devices import extraction_dtype
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.features.extraction import (
@@ -171,8 +172,10 @@ def extract_to_store(
 
     Tiles are batched across photos and decoded on a background thread (see
     :mod:`mil_cyto.features.extraction`); ``compile`` (``off``/``auto``/``on``) and ``amp``
-    (CUDA only) are passed to :class:`~mil_cyto.features.extraction.EncoderRunner`; a
-    runner given as ``encoder`` (already compiled and warm) is used as it is.
+    (fp16 on CUDA, its default there; bf16 on a CPU with native bf16, opt-in, recorded as
+    ``precision`` in the provenance) are passed to
+    :class:`~mil_cyto.features.extraction.EncoderRunner`; a runner given as ``encoder``
+    (already compiled and warm) is used as it is.
     ``known_coords``: instance boxes already found for some photos with this ``tiling``
     (image id -> ``(N, 4)``), reused instead of detecting their nuclei again. ``decoder``:
     decode photos on these processes instead of ``workers`` threads (for a GPU, where
@@ -180,6 +183,13 @@ def extract_to_store(
     Returns ``out_path`` at once when it already holds these photos with this provenance.
     """
     out_path = Path(out_path)
+    if isinstance(encoder, EncoderRunner):
+        dtype = encoder.dtype
+    else:
+        device = torch.device(device)
+        dtype = extraction_dtype(device, amp if amp is not None else device.type == "cuda")
+    if dtype == torch.bfloat16:  # bf16 features are not float32's: never mixed in one store
+        provenance = {**provenance, "precision": "bfloat16"}
     provenance = store_provenance(provenance, tiling)
     provenance_json = json.dumps(provenance, sort_keys=True)
     if store_matches(out_path, rows, provenance):
