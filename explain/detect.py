@@ -99,6 +99,24 @@ def find_nuclei(
     return Nuclei(np.stack([xs, ys], 1).astype(np.float64), radii, mass)
 
 
+def tile_map_detections(
+    heat: np.ndarray, nuclei: Nuclei, tile_size: int, max_detections: int = 30
+) -> Detections:
+    """Suspect cells of a tile-level map (``heat`` constant per grid tile, from
+    :func:`explain.maps.tile_heatmap`): peaks of the map smoothed by a quarter tile, a third
+    of a tile apart, each moved to a detected nucleus of the tile, nuclei within one tile
+    tying on the map and going to the most prominent. ``python -m explain`` and the review
+    app both find suspects of grid runs this way."""
+    return detect_cells(
+        heat,
+        nuclei,
+        sigma=tile_size / 4,
+        radius=tile_size / 3,
+        local_sigma=0.0,
+        max_detections=max_detections,
+    )
+
+
 def detect_cells(
     heat: np.ndarray,
     nuclei: Nuclei,

@@ -26,7 +26,14 @@ from explain.attributions import (
     list_methods,
     photo_input,
 )
-from explain.detect import Detections, Nuclei, detect_cells, find_nuclei, instance_detections
+from explain.detect import (
+    Detections,
+    Nuclei,
+    detect_cells,
+    find_nuclei,
+    instance_detections,
+    tile_map_detections,
+)
 from explain.faithfulness import faithfulness
 from explain.froc import froc_sensitivity
 from explain.maps import downsample, pixel_heatmap, save_overlay, tile_heatmap
@@ -206,17 +213,13 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
                 nuclei = find_nuclei(photo)
                 nuclei_cpu = time.process_time() - clock
             if attr.pixel is not None:
-                heat, sigma, local = pixel_heatmap(size, coords, attr.pixel), 4.0, 4.0
+                heat = pixel_heatmap(size, coords, attr.pixel)
+                dets = detect_cells(
+                    heat, nuclei, sigma=4.0, radius=tile / 3, max_detections=config.max_detections
+                )
             else:  # constant per tile: peaks at tile centres, nuclei tie within a tile
-                heat, sigma, local = tile_heatmap(size, coords, attr.tile), tile / 4, 0.0
-            dets = detect_cells(
-                heat,
-                nuclei,
-                sigma=sigma,
-                radius=tile / 3,
-                local_sigma=local,
-                max_detections=config.max_detections,
-            )
+                heat = tile_heatmap(size, coords, attr.tile)
+                dets = tile_map_detections(heat, nuclei, tile, config.max_detections)
         if attr.within_photo:
             dets = dets.scaled(side)
         faith = faithfulness(model, prepared.features, attr.tile, target)

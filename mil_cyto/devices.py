@@ -43,8 +43,9 @@ def cpu_has_native_bf16() -> bool:
 
 def extraction_dtype(device: torch.device | str, amp: bool) -> torch.dtype | None:
     """The reduced precision of frozen-feature extraction, None for float32: with ``amp``,
-    fp16 on CUDA and bf16 on a CPU that has it natively (opt-in there: about 2.5x the float32
-    throughput of resnet18, features within ~1e-3 of float32).
+    fp16 on CUDA and bf16 on a CPU that has it natively (opt-in there: resnet18 extraction
+    ~1.8x the float32 throughput on an AVX512-BF16 CPU, features within ~0.5% of their range
+    of float32's; docs/performance.md).
 
     Raises:
         MilCytoError: ``amp`` on a CPU without native bf16.

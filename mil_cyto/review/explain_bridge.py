@@ -107,11 +107,7 @@ def suspect_cells(
     else:
         maps = _module("explain.maps")
         heat = maps.tile_heatmap(photo.shape[:2], coords, tile_scores)
-        found = detect.detect_cells(
-            heat,
-            detect.find_nuclei(photo),
-            sigma=tile_size / 4,
-            radius=tile_size / 3,
-            max_detections=max_detections,
+        found = detect.tile_map_detections(
+            heat, detect.find_nuclei(photo), tile_size, max_detections
         )
     return np.asarray(found.boxes, dtype=np.float64).reshape(-1, 4), np.asarray(found.scores)
