@@ -16,6 +16,10 @@ DEFAULT_EPOCHS = MappingProxyType({"frozen": 48, "finetune": 16})
 """Head epochs when none are given: a frozen encoder's head is cheap to train for longer."""
 
 
+DEFAULT_RADIAL_RINGS = 16
+"""Rings of the radial profile for nucleus crops: 2-px rings out to a 64-px crop's edge."""
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; saved as the run's ``config.json``."""
@@ -28,6 +32,9 @@ class TrainConfig:
     synthetic_seed: int = 0
     encoder: str = "smallcnn"
     encoder_kwargs: dict[str, Any] | None = None
+    # rings of the radial optical-density profile appended to each instance's CNN features
+    # (mil_cyto.encoders.radial; stored in encoder_kwargs); None = 16 for nucleus crops, 0 else
+    radial_rings: int | None = None
     weights: str | None = None  # local weights file for a timm encoder
     weights_cache: str | None = None  # an existing Hugging Face cache folder
     mode: str = "frozen"  # frozen (encoder fixed, features cached once) | finetune
@@ -72,6 +79,14 @@ class TrainConfig:
             self.pretrain = "none" if self.weights or self.weights_cache else "simclr"
         if self.epochs is None:
             self.epochs = DEFAULT_EPOCHS.get(self.mode, DEFAULT_EPOCHS["finetune"])
+        kwargs = dict(self.encoder_kwargs or {})
+        given = kwargs.pop("radial_rings", None)
+        if self.radial_rings is None:
+            default = DEFAULT_RADIAL_RINGS if self.instances == "cells" else 0
+            self.radial_rings = int(given) if given is not None else default
+        if self.radial_rings > 0:
+            kwargs["radial_rings"] = self.radial_rings
+        self.encoder_kwargs = kwargs or None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +132,8 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> T
         raise MilCytoError(f"--pretrain {config.pretrain!r}: use none or simclr")
     if config.pretrain_epochs < 1:
         raise MilCytoError("--pretrain-epochs must be >= 1")
+    if config.radial_rings < 0:
+        raise MilCytoError("--radial-rings must be >= 0 (0 = no radial profile)")
     if config.decode_processes < 0:
         raise MilCytoError("--decode-processes must be >= 0 (0 = decoding threads)")
     return config

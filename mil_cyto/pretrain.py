@@ -80,7 +80,7 @@ def pretrain_encoder(
     torch.manual_seed(config.seed)
     encoder.to(device)
     projector = nn.Sequential(
-        nn.Linear(encoder.out_dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 64)
+        nn.Linear(encoder.backbone_dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 64)
     ).to(device)
     params = [*encoder.parameters(), *projector.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -104,7 +104,7 @@ def pretrain_encoder(
                 )
                 for _ in range(2)
             ]
-            z = projector(encoder(torch.cat(views).to(device)))
+            z = projector(encoder.learned(torch.cat(views).to(device)))
             loss = nt_xent(z[:batch], z[batch:], config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

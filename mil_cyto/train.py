@@ -417,6 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the head sees a grade (simclr; none when --weights or --weights-cache is given)",
     )
     add("--pretrain-epochs", type=int, help=f"its passes over the instances ({d.pretrain_epochs})")
+    add(
+        "--radial-rings",
+        type=int,
+        help="append each instance's radial optical-density profile in this many rings around "
+        "its centre to the encoder's features (16 for --instances cells, 0 = none; "
+        "docs/model_zoo.md)",
+    )
     add("--aggregator", help=f"MIL head, one of mil_cyto.models.AGGREGATORS ({d.aggregator})")
     add(
         "--bag-norm",

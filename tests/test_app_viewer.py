@@ -122,7 +122,7 @@ def test_run_summary_with_metrics_and_comparison(monkeypatch, run_copy: Path) ->
     (run_copy.parent / "comparison.csv").write_text("model,accuracy\nDenseNet121,0.895\n")
     at = _app(monkeypatch, "--run", str(run_copy))
     at.sidebar.radio(key="page").set_value("Run summary").run()
-    assert not at.exception and not at.error
+    assert not at.exception and not at.error, [e.value for e in at.error]
     metrics = json.loads((run_copy / "metrics.json").read_text())
     table = at.table[0].value
     assert list(table["grade"]) == ["normal", "CIN1", "CIN2+", "mean (macro)"]
@@ -198,7 +198,7 @@ def test_upload_bomb_and_grayscale(monkeypatch, tiny_run, blob_photo) -> None:
     at.file_uploader[0].set_value(
         ("grey.png", _png_bytes(blob_photo(128, 160), "L"), "image/png")
     ).run()
-    assert not at.exception and not at.error
+    assert not at.exception and not at.error, [e.value for e in at.error]
     assert any("converted from L to RGB" in i.value for i in at.info)
     assert any("predicted **" in m.value for m in at.markdown)
     assert any("attention (rank) overlay" in c for c in _captions(at))
@@ -236,7 +236,7 @@ def test_attributions_on_demand_are_cached(monkeypatch, tiny_run: Path) -> None:
     at.selectbox(key="attr_method").set_value("occlusion")
     at.selectbox(key="attr_class").set_value("CIN1")
     at.button(key="attr_go").click().run()
-    assert not at.exception and not at.error
+    assert not at.exception and not at.error, [e.value for e in at.error]
     assert calls == [("occlusion", 1)]
     assert any("occlusion for class CIN1" in c for c in _captions(at))
     at.run()  # a rerun shows the stored map without recomputing
@@ -269,5 +269,5 @@ def test_real_explain_suspects_and_attribution(monkeypatch, tiny_run: Path) -> N
     assert any("suspect cells (magenta)" in c for c in _captions(at))
     at.selectbox(key="attr_method").set_value("saliency")
     at.button(key="attr_go").click().run()
-    assert not at.exception and not at.error
+    assert not at.exception and not at.error, [e.value for e in at.error]
     assert any(c.startswith("saliency for class") for c in _captions(at))

@@ -131,14 +131,24 @@ def _timm_encoder(
 
 
 def create_encoder(spec: EncoderSpec | str) -> TileEncoder:
-    """Build a tile encoder from a spec (or just a name, random init)."""
+    """Build a tile encoder from a spec (or just a name, random init).
+
+    The kwarg ``radial_rings`` (any encoder; default 0) appends that many rings' radial
+    optical-density features (:mod:`mil_cyto.encoders.radial`) to the backbone's.
+    """
     if isinstance(spec, str):
         spec = EncoderSpec(name=spec)
+    kwargs = dict(spec.kwargs)
+    rings = int(kwargs.pop("radial_rings", 0))
     if spec.name in ENCODERS:
         if spec.weights or spec.cache_dir:
             raise MilCytoError(
                 f"encoder {spec.name!r} trains from scratch; --weights/--weights-cache are for "
                 "timm backbones"
             )
-        return ENCODERS.create(spec.name, **spec.kwargs)
-    return _timm_encoder(spec.name, spec.weights, spec.cache_dir, **spec.kwargs)
+        encoder = ENCODERS.create(spec.name, **kwargs)
+    else:
+        encoder = _timm_encoder(spec.name, spec.weights, spec.cache_dir, **kwargs)
+    if rings > 0:
+        encoder.add_radial_profile(rings)
+    return encoder
