@@ -67,6 +67,7 @@ class Budget:
     pretrain_epochs: int = 0  # > 0: SimCLR on the fold's training instances first, no labels
     encoder_epochs: int = 16  # 0: the encoder stays at its seeded random init (or pretrained)
     encoder_max_tiles: int = 0  # tiles per photo per encoder-training step (0 = all)
+    radial_rings: int = 0  # > 0: each tile's radial optical-density profile beside its features
     mil_epochs: int = 40
     mil_batch_bags: int = 8
     mil_lr: float = 1e-3
@@ -141,7 +142,10 @@ def fold_features(
     this), then frozen and applied to every photo. Test photos never touch the encoder's
     training."""
     seed_everything(seed)
-    encoder = create_encoder(EncoderSpec(budget.encoder, kwargs=dict(budget.encoder_kwargs)))
+    kwargs = dict(budget.encoder_kwargs)
+    if budget.radial_rings > 0:  # as mil_cyto.train --radial-rings (default for nucleus crops)
+        kwargs["radial_rings"] = budget.radial_rings
+    encoder = create_encoder(EncoderSpec(budget.encoder, kwargs=kwargs))
     if budget.pretrain_epochs > 0:
         train_tiles = np.concatenate([b.tiles for b in split.take(tile_bags)[0]])
         settings = PretrainConfig(epochs=budget.pretrain_epochs, seed=seed)
@@ -531,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain_epochs",
         "encoder_epochs",
         "encoder_max_tiles",
+        "radial_rings",
         "mil_epochs",
         "mil_batch_bags",
         "cnn_size",

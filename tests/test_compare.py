@@ -151,3 +151,13 @@ def test_fold_features_pretrain_on_training_instances_only(monkeypatch: pytest.M
     assert seen == [15]
     assert pretrained[0].features.shape == plain[0].features.shape == (4, 8)
     assert not np.allclose(pretrained[0].features, plain[0].features)
+    import torch
+
+    from mil_cyto.encoders.radial import RadialProfile
+
+    radial = compare.fold_features(
+        bags, split, compare.Budget(**{**vars(budget), "pretrain_epochs": 0, "radial_rings": 2}), 0
+    )
+    np.testing.assert_allclose(radial[0].features[:, :8], plain[0].features, rtol=1e-5, atol=1e-6)
+    profile = RadialProfile(2)(torch.from_numpy(bags[0].tiles)).numpy()
+    np.testing.assert_allclose(radial[0].features[:, 8:], profile, rtol=1e-5, atol=1e-6)
