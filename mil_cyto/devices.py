@@ -23,9 +23,8 @@ def mixed_precision(
     """Autocast to ``dtype`` on CUDA when ``enabled``; a no-op on CPU (CPU runs stay float32
     and deterministic). Training uses bf16, which keeps float32's exponent range, so no
     gradient scaler is needed; frozen-feature extraction uses fp16."""
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    on_cuda = enabled and torch.device(device).type == "cuda"
+    return autocast_to(device, dtype if on_cuda else None)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig
-from mil_cyto.devices import extraction_dtype
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.features.extraction import (
@@ -183,12 +182,12 @@ def extract_to_store(
     Returns ``out_path`` at once when it already holds these photos with this provenance.
     """
     out_path = Path(out_path)
-    if isinstance(encoder, EncoderRunner):
-        dtype = encoder.dtype
-    else:
-        device = torch.device(device)
-        dtype = extraction_dtype(device, amp if amp is not None else device.type == "cuda")
-    if dtype == torch.bfloat16:  # bf16 features are not float32's: never mixed in one store
+    runner = (
+        encoder
+        if isinstance(encoder, EncoderRunner)
+        else EncoderRunner(encoder, device, compile=compile, amp=amp)  # compiles lazily
+    )
+    if runner.dtype == torch.bfloat16:  # bf16 features are not float32's: never in one store
         provenance = {**provenance, "precision": "bfloat16"}
     provenance = store_provenance(provenance, tiling)
     provenance_json = json.dumps(provenance, sort_keys=True)
@@ -201,11 +200,6 @@ def extract_to_store(
         done = handle["bags"]
         todo = [r for r in rows if not _is_complete(done, bag_key(r.image_id))]
         if todo:
-            runner = (
-                encoder
-                if isinstance(encoder, EncoderRunner)
-                else EncoderRunner(encoder, device, compile=compile, amp=amp)
-            )
             bar = tqdm(
                 total=len(rows),
                 initial=len(rows) - len(todo),
