@@ -18,9 +18,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
 step cuda_tests 100 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 # decoding on threads, then on a pool of processes (same photos, same machine)
-step extract_cuda_threads 120 python3 benchmarks/extract_throughput.py --device cuda --photos 300 \
-    --batch-size 256 --workers 14 --rounds 3
-step extract_cuda_processes 120 python3 benchmarks/extract_throughput.py --device cuda \
-    --photos 300 --batch-size 256 --decode-processes 14 --rounds 3
-step train_default_gpu 150 python3 -m mil_cyto.train --device auto --workers 14 --out /tmp/gpu-run --quiet
+step extract_cuda_threads 100 python3 benchmarks/extract_throughput.py --device cuda --photos 300 \
+    --batch-size 256 --workers 14 --rounds 2
+step extract_cuda_processes 100 python3 benchmarks/extract_throughput.py --device cuda \
+    --photos 300 --batch-size 256 --decode-processes 14 --rounds 2
+step train_default_gpu 240 python3 -m mil_cyto.train --device auto --workers 14 --out /tmp/gpu-run --quiet
 cp /tmp/gpu-run/metrics.json /tmp/gpu-run/report.md /tmp/gpu-run/config.json "$OUT/" 2>/dev/null

@@ -51,13 +51,19 @@ class AttributionSettings:
 @dataclass
 class TileAttribution:
     """``tile`` ``(N,)`` float32, higher = more evidence for the target class; ``pixel``
-    ``(N, T, T)`` float32 inside each tile, or None for tile-only methods; ``within_photo``:
-    the scores are shares within the photo (attention sums to 1), not comparable across
-    photos."""
+    ``(N, T, T)`` float32 inside each tile, or None for tile-only methods; ``pooled``
+    ``(N,)``: the same ranking within the photo on a scale comparable across photos, to rank
+    its suspect cells against other photos' (the FROC pools all photos' detections), where
+    ``tile`` is not on one (attention weights are shares of the photo); None: ``tile``."""
 
     tile: np.ndarray
     pixel: np.ndarray | None
-    within_photo: bool = False
+    pooled: np.ndarray | None = None
+
+    @property
+    def across_photos(self) -> np.ndarray:
+        """The tile scores that rank detections across photos."""
+        return self.tile if self.pooled is None else self.pooled
 
 
 @dataclass
@@ -165,11 +171,12 @@ def _bags_per_pass(photo: PhotoInput, s: AttributionSettings) -> int:
 
 @_method("attention")
 def _attention(photo: PhotoInput, target: int, s: AttributionSettings) -> TileAttribution:
-    """Attention weight x N (1 = uniform); class-agnostic."""
+    """Attention weight x N (1 = uniform); class-agnostic. Across photos, the attention
+    logits (before the softmax within the photo: the same order) rank the detections."""
     with torch.no_grad():
         out = photo.model.aggregator(photo.features[None])
     n = photo.features.shape[0]
-    return TileAttribution(_np(out.attention[0] * n), None, within_photo=True)
+    return TileAttribution(_np(out.attention[0] * n), None, pooled=_np(out.scores[0]))
 
 
 @_method("instance_head")

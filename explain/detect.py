@@ -53,10 +53,6 @@ class Detections:
         a = np.asarray(array, dtype=np.float64).reshape(-1, 7)
         return cls(a[:, :2], a[:, 2:6], a[:, 6])
 
-    def scaled(self, factor: float) -> Detections:
-        """The same detections with every score times ``factor`` (order unchanged)."""
-        return Detections(self.points, self.boxes, self.scores * float(factor))
-
 
 def instance_detections(
     centres: np.ndarray, boxes: np.ndarray, scores: np.ndarray, max_detections: int = 30

@@ -50,7 +50,7 @@ from mil_cyto.localization import localization_metrics, read_cell_boxes
 from mil_cyto.models.mil_model import MILModel
 
 TARGET_RULES = ("abnormal", "pred", "label")
-DETECTOR = "peaks-to-LoG-nuclei/3"  # bump when detection changes: stored results are redone
+DETECTOR = "peaks-to-LoG-nuclei/4"  # bump when detection changes: stored results are redone
 FAITH_KEYS = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc")
 
 
@@ -183,9 +183,6 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
         probs = torch.softmax(model.aggregator(prepared.features[None]).logits[0], 0)
     probs_np = probs.cpu().numpy()
     target = choose_target(probs_np, row.label, config.target)
-    # attention is a share within the photo: its detections are weighted by the photo's
-    # probability of the explained side, so that they pool across photos (FROC)
-    side = float(1.0 - probs_np[0] if target > 0 else probs_np[0])
     cells = inputs.tiling.instances == "cells"
     nuclei: Nuclei | None = None
     nuclei_cpu = 0.0
@@ -206,7 +203,7 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
         cpu = time.process_time() - clock
         if attr.pixel is None and cells:  # each instance is a detected nucleus already
             heat = tile_heatmap(size, coords, attr.tile)
-            dets = instance_detections(centres, coords, attr.tile, config.max_detections)
+            dets = instance_detections(centres, coords, attr.across_photos, config.max_detections)
         else:
             if nuclei is None:
                 clock = time.process_time()
@@ -219,11 +216,12 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
                 )
             else:  # constant per tile: peaks at tile centres, nuclei tie within a tile
                 heat = tile_heatmap(size, coords, attr.tile)
-                dets = tile_map_detections(heat, nuclei, tile, config.max_detections)
-        if attr.within_photo:
-            dets = dets.scaled(side)
+                ranked = heat if attr.pooled is None else tile_heatmap(size, coords, attr.pooled)
+                dets = tile_map_detections(ranked, nuclei, tile, config.max_detections)
         faith = faithfulness(model, prepared.features, attr.tile, target)
         result[f"{method}.tile"] = attr.tile
+        if attr.pooled is not None:
+            result[f"{method}.pooled"] = attr.pooled
         result[f"{method}.map"] = downsample(heat, config.map_scale)
         result[f"{method}.detections"] = dets.to_array()
         result[f"{method}.cpu_s"] = np.array(cpu)
@@ -312,9 +310,9 @@ def explain_run(
             "froc": "sensitivity for atypical cells at N false positives per photo; a hit is a "
             "detection point inside an annotated atypical cell box (CAMELYON16)",
             "detections": "nucleus-crop runs, tile-level scores: every crop at its nucleus; "
-            "otherwise peaks of the smoothed map moved to LoG nuclei; attention's scores "
-            "times the photo's probability of the explained side (abnormal), as attention "
-            "sums to 1 within each photo",
+            "otherwise peaks of the smoothed map moved to LoG nuclei; attention's detections "
+            "are ranked by its logits (before the softmax within each photo, which makes "
+            "the weights shares of their photo), comparable across photos",
             "faithfulness": "AUC of the target probability vs fraction of tiles deleted / "
             "inserted in the map's order, mean over abnormal photos; random = mean of "
             "5 seeds",

@@ -89,6 +89,32 @@ def test_extraction_on_cuda_matches_cpu() -> None:
 
 
 @needs_cuda
+def test_cuda_fp16_store_records_its_precision(tmp_path: Path) -> None:
+    """A store extracted under fp16 autocast says so, and float32 features never join it."""
+    from PIL import Image
+
+    from mil_cyto.data.manifest import ManifestRow
+    from mil_cyto.data.tiling import TilingConfig
+    from mil_cyto.errors import MilCytoError
+    from mil_cyto.features.store import BagStore, extract_to_store
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3):
+        path = tmp_path / f"p{i}.png"
+        Image.fromarray(rng.integers(0, 200, (96, 128, 3), dtype=np.uint8)).save(path)
+        rows.append(ManifestRow(path, f"p{i}.png", f"pt{i}", i % 3))
+    tiling = TilingConfig(tile_size=32, stride=32, min_tissue=0.0)
+    encoder = create_encoder(EncoderSpec("smallcnn")).eval()
+    out = tmp_path / "fp16.h5"
+    extract_to_store(rows, encoder, out, tiling=tiling, provenance={"e": "s"}, device="cuda")
+    with BagStore(out) as store:
+        assert store.provenance["precision"] == "float16"
+    with pytest.raises(MilCytoError, match="holds other features"):
+        extract_to_store(rows, encoder, out, tiling=tiling, provenance={"e": "s"}, amp=False)
+
+
+@needs_cuda
 def test_head_training_on_cuda_under_bf16() -> None:
     bags = _bags(60)
     model = _head_model()

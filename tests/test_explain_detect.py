@@ -69,6 +69,3 @@ def test_instances_are_their_own_detections_best_first() -> None:
     np.testing.assert_allclose(dets.points, [[50, 20], [30, 40]])
     np.testing.assert_allclose(dets.boxes, boxes[[1, 2]])
     np.testing.assert_allclose(dets.scores, [0.9, 0.5])
-    half = dets.scaled(0.5)
-    np.testing.assert_allclose(half.scores, [0.45, 0.25])
-    np.testing.assert_allclose(half.points, dets.points)

@@ -86,6 +86,8 @@ def test_command_writes_maps_overlays_and_localization(run_dir: Path) -> None:
 def test_a_cells_run_is_explained_on_its_nucleus_crops(run_dir: Path) -> None:
     """The instances the model was trained on (here nucleus crops) are the ones explained;
     results stored for other instances (grid tiles) are not reused."""
+    from scipy.special import softmax
+
     from explain.detect import Detections
     from mil_cyto.data.images import load_rgb
     from mil_cyto.data.instances import instance_centres
@@ -103,12 +105,12 @@ def test_a_cells_run_is_explained_on_its_nucleus_crops(run_dir: Path) -> None:
         centres, boxes = instance_centres(photo, cells)
         with np.load(run_dir / "explain" / "maps" / f"images_{name}.png.npz") as stored:
             np.testing.assert_array_equal(stored["coords"], boxes)
-            # each crop is a detection at its nucleus; attention (a share within the photo)
-            # is weighted by the photo's probability of being abnormal
+            # each crop is a detection at its nucleus, ranked across photos by its attention
+            # logit (the weights are shares of the photo), in the same order as the weights
             dets = Detections.from_array(stored["attention.detections"])
-            side = 1.0 - float(stored["probs"][0])
-            expected = np.sort(stored["attention.tile"] * side)[::-1]
-            np.testing.assert_allclose(dets.scores, expected, rtol=1e-5)
+            logits, weights = stored["attention.pooled"], stored["attention.tile"]
+            np.testing.assert_allclose(dets.scores, np.sort(logits)[::-1], rtol=1e-5)
+            np.testing.assert_allclose(weights / weights.sum(), softmax(logits), rtol=1e-4)
             found = (dets.points[:, None, :] == centres[None, :, :]).all(-1).any(1)
             assert found.all()
 

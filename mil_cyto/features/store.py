@@ -171,8 +171,8 @@ def extract_to_store(
 
     Tiles are batched across photos and decoded on a background thread (see
     :mod:`mil_cyto.features.extraction`); ``compile`` (``off``/``auto``/``on``) and ``amp``
-    (fp16 on CUDA, its default there; bf16 on a CPU with native bf16, opt-in, recorded as
-    ``precision`` in the provenance) are passed to
+    (fp16 on CUDA, its default there; bf16 on a CPU with native bf16, opt-in; either recorded
+    as ``precision`` in the provenance) are passed to
     :class:`~mil_cyto.features.extraction.EncoderRunner`; a runner given as ``encoder``
     (already compiled and warm) is used as it is.
     ``known_coords``: instance boxes already found for some photos with this ``tiling``
@@ -187,8 +187,8 @@ def extract_to_store(
         if isinstance(encoder, EncoderRunner)
         else EncoderRunner(encoder, device, compile=compile, amp=amp)  # compiles lazily
     )
-    if runner.dtype == torch.bfloat16:  # bf16 features are not float32's: never in one store
-        provenance = {**provenance, "precision": "bfloat16"}
+    if runner.dtype is not None:  # fp16/bf16 features are not float32's: never in one store
+        provenance = {**provenance, "precision": str(runner.dtype).removeprefix("torch.")}
     provenance = store_provenance(provenance, tiling)
     provenance_json = json.dumps(provenance, sort_keys=True)
     if store_matches(out_path, rows, provenance):
