@@ -293,8 +293,15 @@ def test_cross_opening_equals_scipys(height: int, width: int, density: float, se
     np.testing.assert_array_equal(open_cross(mask), expected)
 
 
-def test_tissue_fraction_equals_each_tiles_mean() -> None:
-    mask = np.random.default_rng(0).random((70, 90)) < 0.4
-    coords = grid_coords(70, 90, TilingConfig(tile_size=16, stride=8))
-    expected = np.array([mask[y0:y1, x0:x1].mean() for x0, y0, x1, y1 in coords])
-    np.testing.assert_array_equal(tissue_fraction(mask, coords), expected)
+@pytest.mark.parametrize("tile, stride", [(16, 8), (32, 32), (64, 48), (70, 1)])
+def test_tissue_fraction_equals_each_tiles_mean(tile: int, stride: int) -> None:
+    """Grid boxes and scattered boxes, flush with the edges or not."""
+    rng = np.random.default_rng(tile)
+    mask = rng.random((70, 90)) < 0.4
+    grid = grid_coords(70, 90, TilingConfig(tile_size=tile, stride=stride))
+    x0 = rng.integers(0, 90 - tile + 1, 400)
+    y0 = rng.integers(0, 70 - tile + 1, 400)
+    scattered = np.stack([x0, y0, x0 + tile, y0 + tile], 1).astype(np.int32)
+    for coords in (grid, scattered):
+        expected = np.array([mask[y0:y1, x0:x1].mean() for x0, y0, x1, y1 in coords])
+        np.testing.assert_array_equal(tissue_fraction(mask, coords), expected)
