@@ -3,6 +3,7 @@
 # the CUDA tests, the extraction throughput benchmark on the GPU (decoding on threads, then on
 # processes), and the default command with --device auto. Logs go to $OUT (default ./gpu-check).
 # Each step has its own time limit so that one slow step cannot hide the others.
+# Needs the package's dependencies there (a machine without Captum fails the whole-image test).
 set -u
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"

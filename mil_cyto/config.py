@@ -52,6 +52,9 @@ class TrainConfig:
     min_tissue: float = 0.05
     instances: str = "cells"  # cells (one crop centred on each detected nucleus) | grid tiles
     epochs: int | None = None  # head passes; None = 48 in frozen mode, 16 when fine-tuning
+    # then train the head again on training + validation photos for the epochs validation
+    # chose (the model kept); None = on in frozen mode, off when fine-tuning
+    refit: bool | None = None
     batch_bags: int = 1
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -79,6 +82,8 @@ class TrainConfig:
             self.pretrain = "none" if self.weights or self.weights_cache else "simclr"
         if self.epochs is None:
             self.epochs = DEFAULT_EPOCHS.get(self.mode, DEFAULT_EPOCHS["finetune"])
+        if self.refit is None:
+            self.refit = self.mode == "frozen"
         kwargs = dict(self.encoder_kwargs or {})
         given = kwargs.pop("radial_rings", None)
         if self.radial_rings is None:

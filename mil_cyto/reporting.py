@@ -139,14 +139,21 @@ def _fmt(value: float | None) -> str:
 
 def render_report(metrics: dict[str, Any], config: dict[str, Any]) -> str:
     """``report.md``: the headline table beside the reference rows, localization, timing."""
+    training = metrics["training"]
+    chosen = f"epoch {training['best_epoch']} chosen on validation"
+    if training.get("refit"):
+        refit = training["refit"]
+        chosen += (
+            f"; the head then trained again for {refit['epochs']} epochs on the "
+            f"{refit['photos']} training and validation photos, and kept"
+        )
     lines = [
         "# mil-cyto run report",
         "",
         f"Data: `{config.get('data_resolved')}`; encoder `{config['encoder']}` "
         f"({config['mode']}); aggregator `{config['aggregator']}`; tiles "
         f"{config['tile_size']} px, stride {config['stride']}; seed {config['seed']}.",
-        f"Test photos: {metrics['n_test']} (patient-disjoint from train and validation; model "
-        f"chosen on validation, epoch {metrics['training']['best_epoch']}).",
+        f"Test photos: {metrics['n_test']} (patient-disjoint from train and validation; {chosen}).",
         "",
         "## Classification (one-vs-rest, as in the reference study's Table 4)",
         "",

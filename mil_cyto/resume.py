@@ -42,6 +42,7 @@ class ResumeState:
     best_epoch: int
     best_state: dict[str, torch.Tensor] | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    cuda_rng: torch.Tensor | None = None  # the current CUDA device's RNG (dropout on a GPU)
 
 
 def fingerprint(payload: Any) -> str:
@@ -113,6 +114,8 @@ def save_checkpoint(folder: Path, state: ResumeState, run_fingerprint: str) -> N
         "generator": state.generator,
         "torch_rng": state.torch_rng,
     }
+    if state.cuda_rng is not None:
+        tensors["cuda_rng"] = state.cuda_rng
     tensors.update({f"model.{k}": v for k, v in state.model.items()})
     if state.best_state is not None:
         tensors.update({f"best.{k}": v for k, v in state.best_state.items()})
@@ -169,6 +172,7 @@ def load_checkpoint(folder: Path, run_fingerprint: str) -> ResumeState | None:
         best_epoch=int(meta["best_epoch"]),
         best_state=part("best.") if meta["has_best_state"] else None,
         history=_unplain(meta["history"]),
+        cuda_rng=tensors.get("cuda_rng"),
     )
 
 
@@ -208,6 +212,8 @@ def restore_fit(
     scheduler.load_state_dict(state.scheduler)
     generator.set_state(state.generator)
     torch.set_rng_state(state.torch_rng)
+    if state.cuda_rng is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state.cuda_rng, device)
     return state
 
 
@@ -233,6 +239,7 @@ def snapshot_fit(
             scheduler=scheduler.state_dict(),
             generator=generator.get_state(),
             torch_rng=torch.get_rng_state(),
+            cuda_rng=_cuda_rng(model),
             best_key=None if key is None else [float(v) for v in key],
             best_epoch=best_epoch,
             best_state=best_state,
@@ -264,3 +271,9 @@ def load_stage(
         return None
     meta, tensors = pair
     return tensors, _unplain(meta.get("record"))
+
+
+def _cuda_rng(model: torch.nn.Module) -> torch.Tensor | None:
+    """The RNG state of the CUDA device ``model`` trains on; None off CUDA."""
+    device = next(iter(model.parameters())).device
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None

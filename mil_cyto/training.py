@@ -68,6 +68,7 @@ class FitConfig:
     chunk: int = 0  # > 0: encode tiles in chunks of this size (fine-tuning)
     checkpoint: bool = False  # gradient checkpointing of the encoder chunks (fine-tuning)
     amp: bool = True  # bf16 autocast of the forward passes on CUDA; no effect on CPU
+    keep: str = "best"  # best: the best validation epoch's weights | last: the last epoch's
 
 
 @dataclass
@@ -275,10 +276,13 @@ def fit(
     """Train with AdamW and a cosine schedule; keep the weights of the best validation epoch.
 
     Selection uses the validation split only (macro sensitivity, ties broken by loss); the
-    test split is never seen here. On return ``model`` holds the best epoch's weights.
+    test split is never seen here. On return ``model`` holds the best epoch's weights, or
+    with ``config.keep == "last"`` the last epoch's (``val_bags`` are then not used).
     Under torchrun (``dist_ctx`` with several ranks) the model trains as DDP: each rank takes
     every world-size-th photo of the epoch's common order and gradients are averaged.
     """
+    if config.keep not in ("best", "last"):
+        raise ValueError(f"keep {config.keep!r}: use best or last")
     start = time.perf_counter()
     model.to(device)
     generator = torch.Generator().manual_seed(config.seed)
@@ -355,22 +359,25 @@ def fit(
                 aug_gen,
                 runner,
             )
-            val = predict(model, val_bags, device, amp=config.amp)
-            val_metrics = classification_metrics(val.labels, val.preds)
-            key = _selection_key(val_metrics, val.loss)
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "val_loss": val.loss,
-                "val_accuracy": val_metrics["accuracy"],
-                "val_macro_sensitivity": val_metrics["macro_sensitivity"],
-            }
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
+            if config.keep == "best":
+                val = predict(model, val_bags, device, amp=config.amp)
+                val_metrics = classification_metrics(val.labels, val.preds)
+                key = _selection_key(val_metrics, val.loss)
+                row.update(
+                    val_loss=val.loss,
+                    val_accuracy=val_metrics["accuracy"],
+                    val_macro_sensitivity=val_metrics["macro_sensitivity"],
+                )
+                if best_key is None or key > best_key:
+                    best_key, result.best_epoch = key, epoch + 1
+                    best_state = copy.deepcopy(model.state_dict())
+            else:  # the last epoch's weights; nothing is validated
+                result.best_epoch = epoch + 1
             result.history.append(row)
-            if best_key is None or key > best_key:
-                best_key, result.best_epoch = key, epoch + 1
-                best_state = copy.deepcopy(model.state_dict())
             epochs.set_postfix(
-                loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}"
+                loss=f"{train_loss:.3f}",
+                **({"val_acc": f"{row['val_accuracy']:.3f}"} if "val_accuracy" in row else {}),
             )
             if resume_dir:
                 best = (best_key, result.best_epoch, best_state)
