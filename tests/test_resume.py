@@ -257,20 +257,24 @@ def _wait_for_epoch(state: Path, proc: subprocess.Popen[str], epoch: int, limit:
 
 
 @pytest.mark.slow
-def test_training_killed_then_resumed(tiny_data: Path, tmp_path: Path) -> None:
-    """``python -m mil_cyto.train`` killed after its first epoch; the same command again
-    finishes the run, which equals an uninterrupted run (weights, predictions, metrics)."""
+@pytest.mark.parametrize("stage", ["state.json", "refit/state.json"])
+def test_training_killed_then_resumed(tiny_data: Path, tmp_path: Path, stage: str) -> None:
+    """``python -m mil_cyto.train`` killed after the first epoch of the head's first fit, or
+    of its refit on training + validation photos; the same command again finishes the run,
+    which equals an uninterrupted run (weights, predictions, metrics)."""
     args = ["--data", str(tiny_data), "--epochs", "3", "--quiet", "--tile-size", "48"]
     args += ["--stride", "48", "--threads", "1", "--workers", "1"]
     cmd = [sys.executable, "-m", "mil_cyto.train", *args]
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
+    subprocess.run([*cmd, "--out", str(fresh)], env=_env(), check=True, capture_output=True)
+    refit_epochs = json.loads((fresh / "metrics.json").read_text())["training"]["refit"]["epochs"]
+    assert refit_epochs >= 2  # so that a kill after its first epoch lands inside it
     proc = subprocess.Popen([*cmd, "--out", str(killed)], env=_env(), text=True)
-    _wait_for_epoch(killed / "resume" / "state.json", proc, 1, 600)
+    _wait_for_epoch(killed / "resume" / stage, proc, 1, 600)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (killed / "metrics.json").exists()
     subprocess.run([*cmd, "--out", str(killed)], env=_env(), check=True, capture_output=True)
-    subprocess.run([*cmd, "--out", str(fresh)], env=_env(), check=True, capture_output=True)
     assert not (killed / "resume").exists()
     assert not [p for p in killed.rglob("*") if p.name.endswith(".tmp")]
     a, b = load_file(str(killed / "model.safetensors")), load_file(str(fresh / "model.safetensors"))
