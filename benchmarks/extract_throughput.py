@@ -41,7 +41,7 @@ import torch
 from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import read_manifest
 from mil_cyto.data.tiling import TilingConfig, extract_tiles, tissue_coords
-from mil_cyto.devices import resolve_device
+from mil_cyto.devices import precision_name, resolve_device
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.features.extraction import DecodingProcesses, EncoderRunner
 from mil_cyto.features.store import BagStore, extract_to_store
@@ -69,7 +69,7 @@ def _device_name(device: torch.device, dtype: torch.dtype | None) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     if dtype is None:
         return name
-    return f"{name} (package and raw: {str(dtype).removeprefix('torch.')} autocast)"
+    return f"{name} (package and raw: {precision_name(dtype)} autocast)"
 
 
 def main() -> None:
@@ -182,7 +182,7 @@ def main() -> None:
     result = {
         "model": args.model,
         "device": device.type,
-        "precision": str(runner.dtype or torch.float32).removeprefix("torch."),
+        "precision": precision_name(runner.dtype),
         "tiles_per_s": round(rate["package"], 2),
         "raw_forward_tiles_per_s": round(rate["raw"], 2),
         "eager_tiles_per_s": round(rate["eager"], 2),

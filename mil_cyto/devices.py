@@ -61,6 +61,11 @@ def extraction_dtype(device: torch.device | str, amp: bool) -> torch.dtype | Non
     return torch.bfloat16
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``"float16"``, ``"bfloat16"``, or ``"float32"`` for None (no autocast)."""
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
 def autocast_to(
     device: torch.device | str, dtype: torch.dtype | None
 ) -> contextlib.AbstractContextManager[Any]:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig
+from mil_cyto.devices import precision_name
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.features.extraction import (
@@ -188,7 +189,7 @@ def extract_to_store(
         else EncoderRunner(encoder, device, compile=compile, amp=amp)  # compiles lazily
     )
     if runner.dtype is not None:  # fp16/bf16 features are not float32's: never in one store
-        provenance = {**provenance, "precision": str(runner.dtype).removeprefix("torch.")}
+        provenance = {**provenance, "precision": precision_name(runner.dtype)}
     provenance = store_provenance(provenance, tiling)
     provenance_json = json.dumps(provenance, sort_keys=True)
     if store_matches(out_path, rows, provenance):
