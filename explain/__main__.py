@@ -55,8 +55,8 @@ def _summary(payload: dict[str, Any]) -> str:
     lines = [
         f"{payload['n_photos']} test photos ({payload['n_abnormal_photos']} abnormal); "
         f"wrote {payload['run']}/localization.json and {payload['run']}/explain/",
-        "| method | inst AUROC | pointing | FROC@1FP | del AUC (random) | ins AUC (random) | "
-        "CPU s/photo |",
+        "| method | inst AUROC, grid (instances) | pointing | FROC@1FP | del AUC (random) | "
+        "ins AUC (random) | CPU s/photo |",
         "|---|---|---|---|---|---|---|",
     ]
 
@@ -65,8 +65,10 @@ def _summary(payload: dict[str, Any]) -> str:
 
     for name, m in payload["methods"].items():
         froc = (m.get("froc") or {}).get("1")
+        own = (m.get("per_instance") or {}).get("instance_auroc")
         lines.append(
-            f"| {name} | {f(m['instance_auroc'])} | {f(m['pointing_game'])} | {f(froc)} | "
+            f"| {name} | {f(m['instance_auroc'])} ({f(own)}) | {f(m['pointing_game'])} | "
+            f"{f(froc)} | "
             f"{f(m['deletion_auc'])} ({f(m['random_deletion_auc'])}) | "
             f"{f(m['insertion_auc'])} ({f(m['random_insertion_auc'])}) | "
             f"{f(m['cpu_seconds_per_photo'])} |"

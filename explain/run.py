@@ -8,10 +8,12 @@ into ``RUN/localization.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +48,11 @@ from mil_cyto.devices import resolve_device
 from mil_cyto.errors import MilCytoError
 from mil_cyto.io import atomic_path, write_json
 from mil_cyto.labels import GRADES
-from mil_cyto.localization import localization_metrics, read_cell_boxes
+from mil_cyto.localization import grid_localization, read_cell_boxes
 from mil_cyto.models.mil_model import MILModel
 
 TARGET_RULES = ("abnormal", "pred", "label")
-DETECTOR = "peaks-to-LoG-nuclei/4"  # bump when detection changes: stored results are redone
+DETECTOR = "peaks-to-LoG-nuclei/5"  # bump when detection changes: stored results are redone
 FAITH_KEYS = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc")
 
 
@@ -199,7 +201,8 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
     panels = []
     for method in config.methods:
         clock = time.process_time()
-        attr = attribute_tiles(model, prepared, method, target, config.settings)
+        with _seeded(f"{row.image_id}/{method}"):
+            attr = attribute_tiles(model, prepared, method, target, config.settings)
         cpu = time.process_time() - clock
         if attr.pixel is None and cells:  # each instance is a detected nucleus already
             heat = tile_heatmap(size, coords, attr.tile)
@@ -247,30 +250,51 @@ def _save_npz(path: Path, arrays: dict[str, Any]) -> None:
         np.savez_compressed(handle, **arrays)
 
 
+@contextlib.contextmanager
+def _seeded(key: str) -> Iterator[None]:
+    """Torch's and NumPy's global random streams seeded from ``key`` inside the block and
+    restored after it: GradientShap (Captum) draws its references and points from both, so a
+    photo's attribution is the same in every run, whatever was explained before it."""
+    seed = zlib.crc32(key.encode())
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
 def summarise(
-    results: Sequence[dict[str, Any]], boxes: dict[str, np.ndarray] | None, methods: Sequence[str]
+    results: Sequence[dict[str, Any]],
+    boxes: dict[str, np.ndarray] | None,
+    methods: Sequence[str],
+    tile: int,
 ) -> dict[str, Any]:
-    """One entry per method: localization (instance AUROC, pointing game, FROC), deletion /
+    """One entry per method: localization (instance AUROC and pointing game on the photos'
+    ``tile``-px grid, and on the instances under ``per_instance``; FROC), deletion /
     insertion AUCs against random orders (abnormal photos), CPU seconds per photo."""
     images = [str(r["image"]) for r in results]
     abnormal = [str(r["image"]) for r in results if int(r["label"]) > 0]
     coords = {str(r["image"]): r["coords"] for r in results}
+    sizes = {str(r["image"]): tuple(int(v) for v in r["size_hw"]) for r in results}
     out: dict[str, Any] = {}
     for m in methods:
         entry: dict[str, Any] = {}
         scores = {str(r["image"]): r[f"{m}.tile"] for r in results}
         if boxes is not None:
-            loc = localization_metrics(coords, scores, boxes, abnormal)
-            entry["instance_auroc"] = loc["instance_auroc"]
-            entry["pointing_game"] = loc["pointing_game"]
+            loc = grid_localization(coords, scores, sizes, boxes, abnormal, tile)
+            for key in ("instance_auroc", "pointing_game", "per_instance"):
+                entry[key] = loc[key]
             dets = {str(r["image"]): Detections.from_array(r[f"{m}.detections"]) for r in results}
             entry["froc"] = froc_sensitivity(dets, boxes, images)
         else:
-            entry.update(instance_auroc=None, pointing_game=None, froc=None)
+            entry.update(instance_auroc=None, pointing_game=None, per_instance=None, froc=None)
         faith = np.array([r[f"{m}.faithfulness"] for r in results if int(r["label"]) > 0])
         for i, key in enumerate(FAITH_KEYS):
             entry[key] = _mean(faith[:, i]) if len(faith) else None
@@ -307,6 +331,9 @@ def explain_run(
         ),
         "settings": asdict(config.settings),
         "conventions": {
+            "instance_auroc": "on each photo's grid of tile-size tiles, every grid tile scored "
+            "by the mean of the method's tile-score map over it (overlapping instances "
+            "painted, their mean where they overlap); per_instance: on the instances",
             "froc": "sensitivity for atypical cells at N false positives per photo; a hit is a "
             "detection point inside an annotated atypical cell box (CAMELYON16)",
             "detections": "nucleus-crop runs, tile-level scores: every crop at its nucleus; "
@@ -318,7 +345,7 @@ def explain_run(
             "5 seeds",
             "cpu_seconds_per_photo": "process CPU time of the method alone (all threads)",
         },
-        "methods": summarise(results, inputs.boxes, config.methods),
+        "methods": summarise(results, inputs.boxes, config.methods, inputs.tiling.tile_size),
     }
     write_json(Path(run_dir) / "localization.json", summary)
     return summary

@@ -36,7 +36,7 @@ from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.io import atomic_path, write_json, write_text
 from mil_cyto.labels import GRADES
-from mil_cyto.localization import localization_metrics, read_cell_boxes
+from mil_cyto.localization import grid_localization, read_cell_boxes
 from mil_cyto.metrics import classification_metrics
 from mil_cyto.models import AGGREGATORS, MILModel, create_aggregator
 from mil_cyto.models.whole_image import STUDY_ARCHS
@@ -202,8 +202,11 @@ def _run_mil(
     if boxes is not None:
         coords = {b.image_id: b.coords for b in test}
         scores = dict(zip(pred.image_ids, pred.scores, strict=True))
+        sizes = {b.image_id: tuple(b.size) for b in test}
         abnormal = [b.image_id for b in test if b.label > 0]
-        metrics["localization"] = localization_metrics(coords, scores, boxes, abnormal)
+        metrics["localization"] = grid_localization(
+            coords, scores, sizes, boxes, abnormal, budget.tile_size
+        )
     metrics["test"] = [
         [b.image_id, b.patient_id, int(b.label), int(p)]
         for b, p in zip(test, pred.preds, strict=True)
@@ -331,7 +334,9 @@ def render_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "the pooled test photos. CPU s = process CPU seconds per fold (both cores count; MIL "
         "includes the whole fold encoder it shares with the other MIL rows). Peak MB = "
         "resident memory above what the process already held. Localization: instance AUROC "
-        "and pointing game of the tile scores (MIL) or Grad-CAM pooled over the same tiles (CNN). "
+        "and pointing game on the photo's tile-size grid, of the instances' attention logits "
+        "painted (MIL; their mean where nucleus crops overlap) or of Grad-CAM pooled over the "
+        "grid's tiles (CNN). "
         f"Wall clock so far: {header.get('wall_s', 0.0):.0f} s.",
         "",
         "| method | acc | mean sens [95% CI] | mean spec | sens normal | sens CIN1 | "

@@ -180,6 +180,17 @@ def render_report(metrics: dict[str, Any], config: dict[str, Any]) -> str:
             f"negative tiles; a tile is positive when it covers >= {loc['min_cover']:.0%} of "
             "an atypical cell's box, thinner contacts are left out)",
             f"- pointing game: {_fmt(loc['pointing_game'])} (top tile touches an atypical cell)",
+        ]
+        if "tiles" in loc:
+            own = loc.get("per_instance", {})
+            lines += [
+                f"- tiles: the photo's {loc['tiles']}, each scored by the mean of the attention "
+                "map over it (instances painted, their mean where they overlap); on the "
+                "model's own instances: instance AUROC "
+                f"{_fmt(own.get('instance_auroc'))}, pointing game "
+                f"{_fmt(own.get('pointing_game'))}",
+            ]
+        lines += [
             "",
             "![attention examples](attention_examples.png)",
             "",

@@ -44,7 +44,7 @@ from mil_cyto.features import BagStore, extract_to_store
 from mil_cyto.features.extraction import DecodingProcesses
 from mil_cyto.io import write_json, write_text
 from mil_cyto.labels import GRADES
-from mil_cyto.localization import localization_metrics, read_cell_boxes
+from mil_cyto.localization import grid_localization, read_cell_boxes
 from mil_cyto.losses import BAG_LOSSES, INSTANCE_LOSSES
 from mil_cyto.metrics import classification_metrics, format_table
 from mil_cyto.models import MILModel, create_aggregator
@@ -341,11 +341,11 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     coords = {b.image_id: b.coords for b in test_bags}
     if boxes is not None:
         abnormal = [b.image_id for b in test_bags if b.label > 0]
-        bag_sizes = {i: len(s) for i, s in zip(pred.image_ids, pred.scores, strict=True)}
-        relative = {
-            i: a * bag_sizes[i] for i, a in zip(pred.image_ids, pred.attention, strict=True)
-        }
-        metrics["localization"] = localization_metrics(coords, relative, boxes, abnormal)
+        relative = {i: a * len(a) for i, a in zip(pred.image_ids, pred.attention, strict=True)}
+        photo_sizes = {b.image_id: tuple(b.size) for b in test_bags}
+        metrics["localization"] = grid_localization(
+            coords, relative, photo_sizes, boxes, abnormal, config.tile_size
+        )
         metrics["localization"]["score"] = "attention x bag size (1 = uniform)"
     timing["testing"] = time.perf_counter() - step
 
@@ -554,7 +554,8 @@ def summary(run_dir: Path, metrics: dict[str, Any]) -> str:
     if loc and loc.get("instance_auroc") is not None:
         lines.append(
             f"localization: instance AUROC {loc['instance_auroc']:.3f}, pointing game "
-            f"{loc['pointing_game']:.3f} ({loc['n_images']} abnormal test photos)"
+            f"{loc['pointing_game']:.3f} ({loc['n_images']} abnormal test photos, "
+            f"{loc.get('tiles', 'the instances')})"
         )
     timing = metrics["timing_s"]
     lines.append("time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()))

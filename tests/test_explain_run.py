@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,24 @@ def test_explain_a_trained_run_end_to_end(tmp_path: Path) -> None:
     assert payload["n_photos"] == 4
     assert set(payload["methods"]) == set(list_methods())
     assert "| attention |" in done.stdout
+
+
+def test_gradient_shap_gives_the_same_maps_whatever_ran_before(run_dir: Path) -> None:
+    """Captum's GradientShap draws from torch's and NumPy's global random streams; each
+    photo's attribution is seeded by the photo and method, so two runs agree exactly."""
+    fast = [*FAST, "--no-overlays"]
+    first = run_dir.parent / "first"
+    shutil.copytree(run_dir, first)
+    assert main(["--run", str(first), "--methods", "gradient_shap", *fast]) == 0
+    torch.manual_seed(123)
+    np.random.seed(123)
+    np.random.random(7)  # a different state before the second run
+    assert main(["--run", str(run_dir), "--methods", "saliency", "gradient_shap", *fast]) == 0
+    state = np.random.get_state()[1].copy()
+    for name in BLOBS:
+        npz = f"explain/maps/images_{name}.png.npz"
+        with np.load(first / npz) as a, np.load(run_dir / npz) as b:
+            np.testing.assert_array_equal(a["gradient_shap.tile"], b["gradient_shap.tile"])
+            np.testing.assert_array_equal(a["gradient_shap.map"], b["gradient_shap.map"])
+    assert main(["--run", str(first), "--methods", "saliency", *fast]) == 0
+    np.testing.assert_array_equal(np.random.get_state()[1], state)  # the caller's stream stays

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from mil_cyto.errors import MilCytoError
-from mil_cyto.localization import box_cover, localization_metrics, read_cell_boxes, tile_labels
+from mil_cyto.localization import (
+    box_cover,
+    grid_localization,
+    localization_metrics,
+    read_cell_boxes,
+    scores_on_grid,
+    tile_labels,
+)
 
 TILES = np.array(
     [
@@ -194,3 +201,45 @@ def test_read_cell_boxes_short_row(tmp_path: Path) -> None:
 def test_read_cell_boxes_missing_file(tmp_path: Path) -> None:
     with pytest.raises(MilCytoError, match="cells.csv"):
         read_cell_boxes(tmp_path / "cells.csv")
+
+
+def test_scores_on_grid_keeps_a_grid_bags_own_scores() -> None:
+    tiles = _grid(4, 16)  # a 64 x 64 photo in 16-px tiles
+    keep = np.array([i not in (5, 10) for i in range(16)])  # two glass tiles were dropped
+    values = np.arange(16, dtype=float)
+    grid, scores = scores_on_grid(tiles[keep], values[keep], (64, 64), 16)
+    np.testing.assert_array_equal(grid, tiles[keep])
+    np.testing.assert_allclose(scores, values[keep])
+
+
+def test_scores_on_grid_means_overlapping_instances_over_each_tile() -> None:
+    # two 16-px crops overlapping by 8 px, on a 32 x 32 photo's 16-px grid
+    crops = np.array([[0, 0, 16, 16], [8, 0, 24, 16]])
+    grid, scores = scores_on_grid(crops, np.array([4.0, 2.0]), (32, 32), 16)
+    # tile 0: 8 columns of 4, 8 of the mean 3; tile 1: 8 columns of 2 (8 uncovered)
+    np.testing.assert_array_equal(grid, [[0, 0, 16, 16], [16, 0, 32, 16]])
+    np.testing.assert_allclose(scores, [3.5, 2.0])
+
+
+def test_grid_localization_counts_each_cell_once_not_per_overlapping_crop() -> None:
+    # 32-px crops centred on 'nuclei' every 8 px of a 128 x 128 photo: each atypical cell's
+    # box is a quarter covered by many crops, and only the crop centred on it scores high
+    centres = [(x, y) for x in range(16, 113, 8) for y in range(16, 113, 8)]
+    crops = np.array([[x - 16, y - 16, x + 16, y + 16] for x, y in centres])
+    images = [f"img{i}" for i in range(8)]
+    rng = np.random.default_rng(0)
+    coords, scores, boxes = {}, {}, {}
+    for image in images:
+        x, y = centres[rng.integers(len(centres))]
+        boxes[image] = np.array([[x - 10, y - 10, x + 10, y + 10]], dtype=float)
+        centred = (crops[:, 0] + 16 == x) & (crops[:, 1] + 16 == y)
+        coords[image], scores[image] = crops, np.where(centred, 20.0, 1.0) + rng.random(len(crops))
+    sizes = dict.fromkeys(images, (128, 128))
+    m = grid_localization(coords, scores, sizes, boxes, images, 32)
+    own = m["per_instance"]
+    assert own["pointing_game"] == 1.0 and m["pointing_game"] == 1.0
+    assert own["instance_auroc"] < 0.8  # the neighbours' crops are positives scored low
+    assert m["instance_auroc"] > 0.95
+    assert m["tiles"] == "32-px grid"
+    uniform = {k: np.ones(len(crops)) for k in images}
+    assert grid_localization(coords, uniform, sizes, boxes, images, 32)["instance_auroc"] == 0.5

@@ -63,7 +63,9 @@ def test_run_folder_contract(tiny_data: Path, tmp_path: Path) -> None:
         assert key in metrics
     assert set(metrics["per_class"]) == set(GRADES)
     assert {"sensitivity", "specificity"} <= set(metrics["per_class"]["CIN2+"])
-    assert {"instance_auroc", "pointing_game"} <= set(metrics["localization"])
+    loc = metrics["localization"]
+    assert {"instance_auroc", "pointing_game", "tiles", "per_instance"} <= set(loc)
+    assert {"instance_auroc", "pointing_game"} <= set(loc["per_instance"])
     with (run / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == [
@@ -252,8 +254,9 @@ def test_help_lists_the_options() -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 2 open: the default's instance AUROC is about 0.7, not 0.90 (its accuracy "
-    "is 0.83-0.93 over seeds, mean 0.880; docs/cin1_gap.md)",
+    reason="issue 2 open: the default run (seed 0) has accuracy 0.850 and mean specificity "
+    "0.922, below 0.90 / 0.94 (0.83-0.93 over seeds, mean 0.880 / 0.938; its grid instance "
+    "AUROC 0.911 and pointing game 0.917 meet theirs; docs/cin1_gap.md)",
 )
 def test_default_command_meets_the_targets(tmp_path: Path) -> None:
     """The embedded default (built-in synthetic set, CPU) against the issue's targets."""
