@@ -305,3 +305,29 @@ def test_tissue_fraction_equals_each_tiles_mean(tile: int, stride: int) -> None:
     for coords in (grid, scattered):
         expected = np.array([mask[y0:y1, x0:x1].mean() for x0, y0, x1, y1 in coords])
         np.testing.assert_array_equal(tissue_fraction(mask, coords), expected)
+
+
+def test_reading_on_threads_keeps_the_size_guard(tmp_path: Path, monkeypatch) -> None:
+    """PIL's decompression-bomb guard is one process-wide value; photos are read on several
+    threads, each raising it for its own open: no read may see another's restored value, and
+    the value is PIL's own again afterwards."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mil_cyto.data import images
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), "white").save(path)  # 4,096 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # PIL alone refuses > 2,000
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 10_000)
+    real_open = Image.open
+
+    def slow_open(*args, **kwargs):  # widens the window between raising and opening
+        time.sleep(0.02)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", slow_open)
+    with ThreadPoolExecutor(4) as pool:
+        shapes = list(pool.map(lambda _: images.load_rgb(path).shape, range(12)))
+    assert shapes == [(64, 64, 3)] * 12
+    assert Image.MAX_IMAGE_PIXELS == 1_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,11 @@ from mil_cyto.errors import MilCytoError
 
 MAX_IMAGE_PIXELS = 400_000_000
 """Refuse images above this many pixels (PIL's decompression-bomb guard is raised to it)."""
+
+_PIL_GUARD = threading.Lock()
+"""PIL's guard is one process-wide value (``Image.MAX_IMAGE_PIXELS``, checked when a file is
+opened); photos are read on several threads, so it is raised and restored under this lock,
+around the open only (the header read), never around the decoding."""
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -40,10 +46,8 @@ def load_rgb(path: Path, *, hint: str = "") -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise MilCytoError(f"{where}image {path} not found; fix the path or remove its row")
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as image:
+        with _open_guarded(path) as image:
             image.load()
             rgb = to_rgb(image)
             return np.asarray(rgb, dtype=np.uint8).copy()
@@ -56,5 +60,14 @@ def load_rgb(path: Path, *, hint: str = "") -> np.ndarray:
             f"{where}cannot read image {path} ({type(err).__name__}: {err}); "
             "re-export it as PNG/JPEG/TIFF or remove its row"
         ) from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _open_guarded(path: Path) -> Image.Image:
+    """``Image.open`` with PIL's decompression-bomb guard at :data:`MAX_IMAGE_PIXELS`."""
+    with _PIL_GUARD:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
