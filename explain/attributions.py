@@ -181,14 +181,17 @@ def _attention(photo: PhotoInput, target: int, s: AttributionSettings) -> TileAt
 
 @_method("instance_head")
 def _instance_head(photo: PhotoInput, target: int, s: AttributionSettings) -> TileAttribution:
-    """The per-tile ordinal logit "grade >= target" (grade >= CIN1 for target normal)."""
+    """The per-tile ordinal logit "grade >= target" (grade >= CIN1 for target normal); across
+    photos the detections are ranked by the logit "grade >= CIN1" (atypical at all), one
+    threshold for every photo, where the target's threshold differs between photos."""
     with torch.no_grad():
         out = photo.model.aggregator(photo.features[None])
     if out.instance_logits is None:
         raise MilCytoError(
             "instance_head: this aggregator has no per-tile instance head; use another method"
         )
-    return TileAttribution(_np(out.instance_logits[0, :, max(target, 1) - 1]), None)
+    logits = out.instance_logits[0]
+    return TileAttribution(_np(logits[:, max(target, 1) - 1]), None, pooled=_np(logits[:, 0]))
 
 
 @_method("integrated_gradients")

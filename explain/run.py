@@ -52,7 +52,7 @@ from mil_cyto.localization import grid_localization, read_cell_boxes
 from mil_cyto.models.mil_model import MILModel
 
 TARGET_RULES = ("abnormal", "pred", "label")
-DETECTOR = "peaks-to-LoG-nuclei/5"  # bump when detection changes: stored results are redone
+DETECTOR = "peaks-to-LoG-nuclei/6"  # bump when detection changes: stored results are redone
 FAITH_KEYS = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc")
 
 

@@ -116,6 +116,19 @@ def test_attention_method_is_attention_times_bag_size(model, photo) -> None:
     assert abs(scores.mean() - 1.0) < 1e-5
 
 
+def test_instance_head_maps_the_target_threshold_and_ranks_by_the_first(model, photo) -> None:
+    """The map is the target's ordinal logit ("grade >= CIN2+" for target 2); detections are
+    ranked across photos by "grade >= CIN1", the same threshold for every photo."""
+    tiles, _ = photo
+    prepared = photo_input(model, tiles)
+    with torch.no_grad():
+        logits = model.aggregator(prepared.features[None]).instance_logits[0].numpy()
+    for target, column in ((0, 0), (1, 0), (2, 1)):
+        result = attribute_tiles(model, prepared, "instance_head", target)
+        np.testing.assert_allclose(result.tile, logits[:, column], rtol=1e-6)
+        np.testing.assert_allclose(result.across_photos, logits[:, 0], rtol=1e-6)
+
+
 def test_gradcam_reads_the_last_conv_layer(model) -> None:
     convs = [m for m in model.encoder.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
     assert find_layer(model.encoder) is convs[-1]
