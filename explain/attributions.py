@@ -25,10 +25,10 @@ from captum.attr import (
 )
 from torch import nn
 
+from mil_cyto.data.tiling import paint_tiles
 from mil_cyto.errors import MilCytoError
 from mil_cyto.models.mil_model import MILModel
 from mil_cyto.registry import Registry
-from mil_cyto.reporting import paint_tiles
 
 
 @dataclass(frozen=True)

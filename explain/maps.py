@@ -12,8 +12,9 @@ from matplotlib.patches import Rectangle
 from scipy.stats import rankdata
 from skimage.measure import block_reduce
 
+from mil_cyto.data.tiling import paint_tiles
 from mil_cyto.errors import MilCytoError
-from mil_cyto.reporting import paint_tiles, save_figure
+from mil_cyto.reporting import save_figure
 
 NORMALISATIONS = ("rank", "minmax", "none")
 

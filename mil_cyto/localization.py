@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from mil_cyto.data.tiling import TilingConfig, grid_coords
+from mil_cyto.data.tiling import TilingConfig, box_sums, grid_coords, paint_tiles
 from mil_cyto.errors import MilCytoError
 from mil_cyto.labels import parse_grade
 
@@ -147,23 +147,11 @@ def scores_on_grid(
     Grid tiles no instance touches are left out. Returns ``(G, 4)`` int32 boxes and ``(G,)``
     float64 scores; on a grid bag of the same tile size each tile keeps its own score."""
     height, width = size_hw
-    total = np.zeros((height + 1, width + 1))  # row/column 0 stay 0 for the box sums below
-    count = np.zeros((height + 1, width + 1))
-    for (x0, y0, x1, y1), value in zip(np.asarray(coords, dtype=np.int64), scores, strict=True):
-        total[y0 + 1 : y1 + 1, x0 + 1 : x1 + 1] += value
-        count[y0 + 1 : y1 + 1, x0 + 1 : x1 + 1] += 1
-    covered = count > 0
-    mean = np.divide(total, count, out=np.zeros_like(total), where=covered)
+    heat = paint_tiles(size_hw, coords, scores)
     grid = grid_coords(height, width, TilingConfig(tile, tile))
-
-    def box_sums(values: np.ndarray) -> np.ndarray:
-        table = values.cumsum(axis=0).cumsum(axis=1)
-        x0, y0, x1, y1 = grid.T
-        return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-
-    pixels = box_sums(covered.astype(np.float64))
+    pixels = box_sums(np.isfinite(heat), grid, np.int64)
     keep = pixels > 0
-    return grid[keep], box_sums(mean)[keep] / pixels[keep]
+    return grid[keep], box_sums(np.nan_to_num(heat), grid)[keep] / pixels[keep]
 
 
 def grid_localization(

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from mil_cyto.data.manifest import ManifestRow
+from mil_cyto.data.tiling import paint_tiles
 from mil_cyto.io import atomic_path
 from mil_cyto.labels import GRADES
 from mil_cyto.metrics import format_table
@@ -75,18 +76,6 @@ def plot_confusion(path: Path, matrix: list[list[int]]) -> None:
     ax.set_ylabel("true (histology)")
     ax.set_title("test photos")
     save_figure(fig, path)
-
-
-def paint_tiles(size_hw: tuple[int, int], coords: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per-tile values ``(N,)``, or per-tile pixel maps ``(N, T, T)``, painted into an
-    ``(H, W)`` float64 map: the mean where tiles overlap, NaN where no tile lies."""
-    total = np.zeros(size_hw)
-    count = np.zeros(size_hw)
-    for (x0, y0, x1, y1), v in zip(coords, values, strict=True):
-        total[y0:y1, x0:x1] += v
-        count[y0:y1, x0:x1] += 1
-    with np.errstate(invalid="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def attention_heatmap(

@@ -339,12 +339,12 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     if pretraining is not None:
         metrics["pretraining"] = pretraining
     coords = {b.image_id: b.coords for b in test_bags}
+    sizes = {b.image_id: tuple(b.size) for b in test_bags}
     if boxes is not None:
         abnormal = [b.image_id for b in test_bags if b.label > 0]
         relative = {i: a * len(a) for i, a in zip(pred.image_ids, pred.attention, strict=True)}
-        photo_sizes = {b.image_id: tuple(b.size) for b in test_bags}
         metrics["localization"] = grid_localization(
-            coords, relative, photo_sizes, boxes, abnormal, config.tile_size
+            coords, relative, sizes, boxes, abnormal, config.tile_size
         )
         metrics["localization"]["score"] = "attention x bag size (1 = uniform)"
     timing["testing"] = time.perf_counter() - step
@@ -356,7 +356,6 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     recipe = model_recipe(spec, config.aggregator, kwargs, encoder.out_dim, vars(tiling))
     save_model(run_dir, model, recipe)
     write_predictions(run_dir / "predictions.csv", test_rows, pred)
-    sizes = {r.image_id: tuple(bags[i].size) for r, i in zip(test_rows, split.test, strict=True)}
     write_attention(run_dir / "attention.h5", pred, coords, sizes)
     plot_confusion(run_dir / "confusion_matrix.png", metrics["confusion_matrix"])
     examples = _example_photos(test_rows, pred, coords, boxes)
