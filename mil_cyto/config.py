@@ -16,6 +16,10 @@ DEFAULT_EPOCHS = MappingProxyType({"frozen": 48, "finetune": 16})
 """Head epochs when none are given: a frozen encoder's head is cheap to train for longer."""
 
 
+DEFAULT_REFINE_EPOCHS = 5
+"""Self-training epochs after self-supervised pretraining in frozen mode (docs/cin1_gap.md)."""
+
+
 DEFAULT_RADIAL_RINGS = 16
 """Rings of the radial profile for nucleus crops: 2-px rings out to a 64-px crop's edge."""
 
@@ -43,6 +47,11 @@ class TrainConfig:
     # none when the encoder comes with weights (--weights / --weights-cache)
     pretrain: str | None = None
     pretrain_epochs: int = 8
+    # self-training (mil_cyto.refine): a first head's attention labels the training photos'
+    # instances, the encoder trains on them, the head is fitted anew; None = 5 epochs in
+    # frozen mode after self-supervised pretraining, else 0 (off)
+    refine_epochs: int | None = None
+    refine_top_k: int = 1  # instances per abnormal training photo labelled with its grade
     aggregator: str = "gated_abmil"
     aggregator_kwargs: dict[str, Any] | None = None
     bag_norm: bool = True  # standardise tile features within each photo before the head
@@ -84,6 +93,9 @@ class TrainConfig:
             self.epochs = DEFAULT_EPOCHS.get(self.mode, DEFAULT_EPOCHS["finetune"])
         if self.refit is None:
             self.refit = self.mode == "frozen"
+        if self.refine_epochs is None:
+            pretrained_here = self.mode == "frozen" and self.pretrain != "none"
+            self.refine_epochs = DEFAULT_REFINE_EPOCHS if pretrained_here else 0
         kwargs = dict(self.encoder_kwargs or {})
         given = kwargs.pop("radial_rings", None)
         if self.radial_rings is None:
@@ -137,6 +149,13 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> T
         raise MilCytoError(f"--pretrain {config.pretrain!r}: use none or simclr")
     if config.pretrain_epochs < 1:
         raise MilCytoError("--pretrain-epochs must be >= 1")
+    if config.refine_epochs < 0 or config.refine_top_k < 1:
+        raise MilCytoError("--refine-epochs must be >= 0 (0 = off) and --refine-top-k >= 1")
+    if config.refine_epochs > 0 and config.mode != "frozen":
+        raise MilCytoError(
+            "--refine-epochs needs --mode frozen (fine-tuning trains the encoder already); "
+            "use --refine-epochs 0"
+        )
     if config.radial_rings < 0:
         raise MilCytoError("--radial-rings must be >= 0 (0 = no radial profile)")
     if config.decode_processes < 0:

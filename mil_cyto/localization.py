@@ -88,6 +88,17 @@ def box_cover(tiles: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return w * h / area
 
 
+def centres_in_boxes(tiles: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Per tile ``(N, 4)``: whether its centre lies in any of ``boxes`` ``(M, 4)`` (edges
+    included); ``(N,)`` bool."""
+    tiles = np.asarray(tiles, dtype=np.float64).reshape(-1, 4)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    cx = (tiles[:, None, 0] + tiles[:, None, 2]) / 2
+    cy = (tiles[:, None, 1] + tiles[:, None, 3]) / 2
+    inside = (cx >= boxes[:, 0]) & (cx <= boxes[:, 2]) & (cy >= boxes[:, 1]) & (cy <= boxes[:, 3])
+    return inside.any(axis=1)
+
+
 def tile_labels(tiles: np.ndarray, boxes: np.ndarray, min_cover: float = MIN_COVER) -> np.ndarray:
     """Per tile: 1 = positive, 0 = negative, -1 = ignored (touches an atypical box thinly)."""
     cover = box_cover(tiles, boxes)

@@ -61,6 +61,32 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(logits, partner)
 
 
+def projection_head(in_dim: int) -> nn.Module:
+    """SimCLR's projection MLP ``in_dim -> 128 -> 64`` (trained beside the encoder, then
+    discarded)."""
+    return nn.Sequential(nn.Linear(in_dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 64))
+
+
+def contrastive_loss(
+    encoder: nn.Module,
+    projector: nn.Module,
+    tiles: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    min_crop: float,
+    temperature: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """NT-Xent of two random views (orientation, stain, crop) of each of ``tiles``
+    ``(B, 3, T, T)`` uint8, embedded by ``encoder.learned`` and ``projector``."""
+    views = [
+        random_crop_resize(orient_and_stain(tiles, generator, per_tile=True), generator, min_crop)
+        for _ in range(2)
+    ]
+    z = projector(encoder.learned(torch.cat(views).to(device)))
+    return nt_xent(z[: len(tiles)], z[len(tiles) :], temperature)
+
+
 def pretrain_encoder(
     encoder: nn.Module,
     tiles: torch.Tensor,
@@ -79,9 +105,7 @@ def pretrain_encoder(
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     encoder.to(device)
-    projector = nn.Sequential(
-        nn.Linear(encoder.backbone_dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 64)
-    ).to(device)
+    projector = projection_head(encoder.backbone_dim).to(device)
     params = [*encoder.parameters(), *projector.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     batch = min(config.batch_size, len(tiles))
@@ -98,14 +122,15 @@ def pretrain_encoder(
         total = 0.0
         for step in range(steps):
             part = tiles[order[step * batch : (step + 1) * batch]]
-            views = [
-                random_crop_resize(
-                    orient_and_stain(part, generator, per_tile=True), generator, config.min_crop
-                )
-                for _ in range(2)
-            ]
-            z = projector(encoder.learned(torch.cat(views).to(device)))
-            loss = nt_xent(z[:batch], z[batch:], config.temperature)
+            loss = contrastive_loss(
+                encoder,
+                projector,
+                part,
+                generator,
+                min_crop=config.min_crop,
+                temperature=config.temperature,
+                device=device,
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -44,12 +44,13 @@ from mil_cyto.features import BagStore, extract_to_store
 from mil_cyto.features.extraction import DecodingProcesses
 from mil_cyto.io import write_json, write_text
 from mil_cyto.labels import GRADES
-from mil_cyto.localization import grid_localization, read_cell_boxes
+from mil_cyto.localization import centres_in_boxes, grid_localization, read_cell_boxes
 from mil_cyto.losses import BAG_LOSSES, INSTANCE_LOSSES
 from mil_cyto.metrics import classification_metrics, format_table
 from mil_cyto.models import MILModel, create_aggregator
 from mil_cyto.models.aggregators import INSTANCE_ATTENTION_HEADS
 from mil_cyto.pretrain import PretrainConfig, pretrain_encoder
+from mil_cyto.refine import RefineConfig, self_train
 from mil_cyto.reporting import (
     plot_attention_examples,
     plot_confusion,
@@ -154,12 +155,29 @@ def _pretraining_fingerprint(
     return fingerprint({"settings": settings, "tiling": asdict(tiling), "train": train_ids})
 
 
-def _restore_pretraining(
-    encoder: torch.nn.Module, run_dir: Path, key: str
+def _self_training_fingerprint(
+    config: TrainConfig, train_ids: list[str], val_ids: list[str], tiling: TilingConfig
+) -> str:
+    """What the self-trained encoder depends on: the pretrained one, the first head (its
+    settings and the validation photos that choose its epoch) and the self-training
+    settings."""
+    fit_settings = asdict(create_fit_config(config))
+    settings = {
+        "pretraining": _pretraining_fingerprint(config, train_ids, tiling),
+        "head": [config.aggregator, head_kwargs(config), fit_settings],
+        "refine": [config.refine_epochs, config.refine_top_k],
+        "val": val_ids,
+    }
+    return fingerprint(settings)
+
+
+def _restore_encoder(
+    encoder: torch.nn.Module, run_dir: Path, stage_name: str, key: str
 ) -> dict[str, Any] | None:
-    """Load the encoder a killed run already pretrained (and torch's RNG state after it, so
-    the rest of the run is the same); returns its record, or None."""
-    stage = load_stage(run_dir / RESUME_DIR, PRETRAINED_STAGE, key)
+    """Load the encoder a killed run already trained in stage ``stage_name`` (pretraining or
+    self-training), and torch's RNG state after it, so the rest of the run is the same;
+    returns the stage's record, or None."""
+    stage = load_stage(run_dir / RESUME_DIR, stage_name, key)
     if stage is None:
         return None
     tensors, record = stage
@@ -168,13 +186,33 @@ def _restore_pretraining(
     return record
 
 
-def _check_pretraining(config: TrainConfig, ctx: DistContext) -> None:
-    """Refuse what pretraining cannot do: an unknown method, or several processes."""
-    if config.pretrain != "simclr":
+def _save_encoder(
+    encoder: torch.nn.Module, run_dir: Path, stage_name: str, record: Any, key: str
+) -> None:
+    """Keep a trained encoder and torch's RNG state for :func:`_restore_encoder`."""
+    tensors = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    tensors["rng"] = torch.get_rng_state()
+    save_stage(run_dir / RESUME_DIR, stage_name, tensors, record, key)
+
+
+def weights_digest(encoder: torch.nn.Module) -> str:
+    """SHA-256 of a module's weights (names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_encoder_training(config: TrainConfig, ctx: DistContext) -> None:
+    """Refuse what pretraining and self-training cannot do: an unknown method, or several
+    processes."""
+    if config.pretrain not in ("none", "simclr"):
         raise MilCytoError(f"pretrain {config.pretrain!r}: use none or simclr")
     if ctx.is_distributed:
         raise MilCytoError(
-            "--pretrain runs in one process; pretrain without torchrun, or use --pretrain none"
+            "--pretrain and --refine-epochs run in one process; train without torchrun, or "
+            "use --pretrain none --refine-epochs 0"
         )
 
 
@@ -191,16 +229,55 @@ def _pretrain(
     tiles = torch.from_numpy(np.concatenate([b.tiles for b in train_bags]))
     settings = PretrainConfig(epochs=config.pretrain_epochs, seed=config.seed)
     losses = pretrain_encoder(encoder, tiles, settings, device, progress=progress)
-    digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return {
         "method": config.pretrain,
         "instances": len(tiles),
         "loss_per_epoch": losses,
-        "encoder_sha256": digest.hexdigest(),
+        "encoder_sha256": weights_digest(encoder),
     }
+
+
+SELF_TRAINED_STAGE = "self_trained_encoder"  # in RESUME_DIR: a killed run skips both stages
+
+
+def _self_train(
+    encoder: torch.nn.Module,
+    train_tiled: list[Any],
+    val_tiled: list[Any],
+    config: TrainConfig,
+    boxes: dict[str, np.ndarray] | None,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, Any]:
+    """Self-training of ``encoder`` on the MIL head's pseudo-labels (:mod:`mil_cyto.refine`);
+    returns what metrics.json records of it, with the SHA-256 of the encoder's weights and,
+    where cell boxes exist (never used to train), the share of pseudo-abnormal instances
+    whose centre lies in an atypical cell of their photo."""
+    head = create_head(config, encoder.out_dim)
+    settings = RefineConfig(config.refine_epochs, config.refine_top_k, seed=config.seed)
+    record, pseudo = self_train(
+        encoder,
+        head,
+        train_tiled,
+        val_tiled,
+        create_fit_config(config),
+        settings,
+        len(GRADES),
+        device,
+        progress=progress,
+    )
+    if boxes is not None:
+        abnormal = np.nonzero(pseudo.labels.numpy() > 0)[0]
+        hits = [
+            centres_in_boxes(
+                train_tiled[pseudo.photo[i]].coords[pseudo.instance[i]],
+                boxes.get(train_tiled[pseudo.photo[i]].image_id, np.zeros((0, 4))),
+            )[0]
+            for i in abnormal
+        ]
+        record["pseudo_abnormal_on_atypical_cells"] = float(np.mean(hits)) if hits else None
+    record["encoder_sha256"] = weights_digest(encoder)
+    return record
 
 
 def head_kwargs(config: TrainConfig) -> dict[str, Any]:
@@ -274,32 +351,54 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
             tiled = load_bags(rows, tiling, workers=config.workers, progress=progress, pool=pool)
         timing["tiling photos"] = time.perf_counter() - step
     pretraining: dict[str, Any] | None = None
+    self_training: dict[str, Any] | None = None
     known_coords: dict[str, np.ndarray] = {}  # instance boxes found so far, for extraction
-    if config.pretrain != "none":
-        _check_pretraining(config, ctx)
+    train_rows, val_rows, _ = split.take(rows)
+    train_ids, val_ids = [r.image_id for r in train_rows], [r.image_id for r in val_rows]
+    train_tiled: list[Any] | None = None  # the training photos' instances, while needed
+    if config.pretrain != "none" or config.refine_epochs > 0:
+        _check_encoder_training(config, ctx)
+    if config.refine_epochs > 0:  # a killed run that finished self-training skips both stages
+        refine_key = _self_training_fingerprint(config, train_ids, val_ids, tiling)
+        restored = _restore_encoder(encoder, run_dir, SELF_TRAINED_STAGE, refine_key)
+        if restored is not None:
+            pretraining, self_training = restored["pretraining"], restored["self_training"]
+    if config.pretrain != "none" and self_training is None:
         step = time.perf_counter()
-        key = _pretraining_fingerprint(config, [r.image_id for r in split.take(rows)[0]], tiling)
-        pretraining = _restore_pretraining(encoder, run_dir, key)
+        key = _pretraining_fingerprint(config, train_ids, tiling)
+        pretraining = _restore_encoder(encoder, run_dir, PRETRAINED_STAGE, key)
         if pretraining is None:
             if tiled is not None:
                 train_tiled = split.take(tiled)[0]
             else:  # frozen mode cuts no tiles of its own: the training photos' only
                 with _decoding(config) as pool:
                     train_tiled = load_bags(
-                        split.take(rows)[0],
-                        tiling,
-                        workers=config.workers,
-                        progress=progress,
-                        pool=pool,
+                        train_rows, tiling, workers=config.workers, progress=progress, pool=pool
                     )
             pretraining = _pretrain(encoder, train_tiled, config, device, progress)
             known_coords = {b.image_id: b.coords for b in train_tiled}
-            del train_tiled  # frozen mode: the crops go (~0.3 GB by default), their boxes stay
-            tensors = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
-            tensors["rng"] = torch.get_rng_state()
-            save_stage(run_dir / RESUME_DIR, PRETRAINED_STAGE, tensors, pretraining, key)
+            _save_encoder(encoder, run_dir, PRETRAINED_STAGE, pretraining, key)
         timing["pretraining"] = time.perf_counter() - step
-    pretrained = pretraining["encoder_sha256"] if pretraining else None
+    if config.refine_epochs > 0 and self_training is None:
+        step = time.perf_counter()
+        with _decoding(config) as pool:
+            if train_tiled is None:
+                train_tiled = load_bags(
+                    train_rows, tiling, workers=config.workers, progress=progress, pool=pool
+                )
+            val_tiled = load_bags(
+                val_rows, tiling, workers=config.workers, progress=progress, pool=pool
+            )
+        self_training = _self_train(
+            encoder, train_tiled, val_tiled, config, boxes, device, progress
+        )
+        known_coords.update({b.image_id: b.coords for b in [*train_tiled, *val_tiled]})
+        del val_tiled
+        stages = {"pretraining": pretraining, "self_training": self_training}
+        _save_encoder(encoder, run_dir, SELF_TRAINED_STAGE, stages, refine_key)
+        timing["self-training"] = time.perf_counter() - step
+    del train_tiled  # frozen mode: the crops go (~0.3 GB by default), their boxes stay
+    pretrained = (self_training or pretraining or {}).get("encoder_sha256")
     if tiled is not None:
         bags: list[Any] = tiled
         model = MILModel(encoder, aggregator)
@@ -338,6 +437,8 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         metrics["training"]["refit"] = refit
     if pretraining is not None:
         metrics["pretraining"] = pretraining
+    if self_training is not None:
+        metrics["self_training"] = self_training
     coords = {b.image_id: b.coords for b in test_bags}
     sizes = {b.image_id: tuple(b.size) for b in test_bags}
     if boxes is not None:
@@ -449,6 +550,19 @@ def build_parser() -> argparse.ArgumentParser:
         "the head sees a grade (simclr; none when --weights or --weights-cache is given)",
     )
     add("--pretrain-epochs", type=int, help=f"its passes over the instances ({d.pretrain_epochs})")
+    add(
+        "--refine-epochs",
+        type=int,
+        help="self-training after pretraining (frozen mode): a first head's attention labels "
+        "the training photos' instances, the encoder trains on them for this many epochs, the "
+        "head is fitted anew (5 after --pretrain simclr in frozen mode, else 0 = off; "
+        "mil_cyto.refine)",
+    )
+    add(
+        "--refine-top-k",
+        type=int,
+        help=f"instances per abnormal training photo labelled with its grade ({d.refine_top_k})",
+    )
     add(
         "--radial-rings",
         type=int,
