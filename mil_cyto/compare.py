@@ -44,7 +44,14 @@ from mil_cyto.pretrain import PretrainConfig, pretrain_encoder
 from mil_cyto.profiling import measure
 from mil_cyto.reference import REFERENCE_ROWS
 from mil_cyto.train import create_fit_config, create_head
-from mil_cyto.training import FeatureBag, FitConfig, fit, predict, seed_everything
+from mil_cyto.training import (
+    FeatureBag,
+    FitConfig,
+    embed_bags,
+    fit,
+    predict,
+    seed_everything,
+)
 
 DEFAULT_METHODS = [
     *AGGREGATORS.names(),
@@ -165,14 +172,7 @@ def fold_features(
             torch.device("cpu"),
             progress=False,
         )
-    encoder.eval()
-    bags = []
-    with torch.inference_mode():
-        for b in tile_bags:
-            tiles = torch.from_numpy(b.tiles)
-            feats = torch.cat([encoder(t) for t in tiles.split(256)]).float().numpy()
-            bags.append(FeatureBag(b.image_id, b.patient_id, b.label, feats, b.coords, b.size))
-    return bags
+    return embed_bags(encoder, tile_bags, torch.device("cpu"), batch_size=256)
 
 
 def _run_mil(

@@ -35,7 +35,7 @@ from mil_cyto.augment import orient_and_stain
 from mil_cyto.data.bags import Bag
 from mil_cyto.models import MILModel
 from mil_cyto.pretrain import contrastive_loss, projection_head
-from mil_cyto.training import FeatureBag, FitConfig, fit, predict
+from mil_cyto.training import FitConfig, embed_bags, fit, predict
 
 
 @dataclass
@@ -196,33 +196,6 @@ def refine_encoder(
     return losses
 
 
-def embed_bags(
-    encoder: nn.Module, bags: Sequence[Bag], device: torch.device, batch_size: int = 512
-) -> list[FeatureBag]:
-    """Features of in-memory bags (encoder in eval mode, no gradient), as the bag store
-    would hold them: ``(N_i, encoder.out_dim)`` float32 per photo."""
-    encoder.eval()
-    out = []
-    with torch.inference_mode():
-        for bag in bags:
-            parts = [
-                encoder(torch.from_numpy(bag.tiles[i : i + batch_size]).to(device)).float().cpu()
-                for i in range(0, len(bag.tiles), batch_size)
-            ]
-            features = torch.cat(parts).numpy() if parts else np.zeros((0, encoder.out_dim))
-            out.append(
-                FeatureBag(
-                    bag.image_id,
-                    bag.patient_id,
-                    bag.label,
-                    features.astype(np.float32),
-                    bag.coords,
-                    bag.size,
-                )
-            )
-    return out
-
-
 def self_train(
     encoder: nn.Module,
     head: nn.Module,
@@ -244,9 +217,14 @@ def self_train(
     grade, the loss per epoch) and the pseudo-labels (``photo`` indexes ``train``).
     """
     model = MILModel(None, head)
-    train_features = embed_bags(encoder, train, device)
+    train_features = embed_bags(encoder, train, device, batch_size=512)
     result = fit(
-        model, train_features, embed_bags(encoder, val, device), fit_config, device, progress=False
+        model,
+        train_features,
+        embed_bags(encoder, val, device, batch_size=512),
+        fit_config,
+        device,
+        progress=False,
     )
     attention = predict(model, train_features, device, amp=fit_config.amp).attention
     del train_features

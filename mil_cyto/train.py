@@ -267,13 +267,10 @@ def _self_train(
         progress=progress,
     )
     if boxes is not None:
-        abnormal = np.nonzero(pseudo.labels.numpy() > 0)[0]
+        positive = pseudo.labels.numpy() > 0
         hits = [
-            centres_in_boxes(
-                train_tiled[pseudo.photo[i]].coords[pseudo.instance[i]],
-                boxes.get(train_tiled[pseudo.photo[i]].image_id, np.zeros((0, 4))),
-            )[0]
-            for i in abnormal
+            centres_in_boxes(train_tiled[p].coords[[i]], boxes.get(train_tiled[p].image_id, []))[0]
+            for p, i in zip(pseudo.photo[positive], pseudo.instance[positive], strict=True)
         ]
         record["pseudo_abnormal_on_atypical_cells"] = float(np.mean(hits)) if hits else None
     record["encoder_sha256"] = weights_digest(encoder)

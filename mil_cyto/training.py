@@ -48,6 +48,34 @@ class FeatureBag:
     size: tuple[int, int]
 
 
+def embed_bags(
+    encoder: torch.nn.Module, bags: Sequence[Any], device: torch.device, batch_size: int = 256
+) -> list[FeatureBag]:
+    """Features of in-memory bags of tiles (``mil_cyto.data.bags.Bag``; encoder in eval mode,
+    no gradient, ``batch_size`` tiles at a time), as the bag store would hold them:
+    ``(N_i, encoder.out_dim)`` float32 per photo."""
+    encoder.eval()
+    out = []
+    with torch.inference_mode():
+        for bag in bags:
+            parts = [
+                encoder(torch.from_numpy(bag.tiles[i : i + batch_size]).to(device)).float().cpu()
+                for i in range(0, len(bag.tiles), batch_size)
+            ]
+            features = torch.cat(parts).numpy() if parts else np.zeros((0, encoder.out_dim))
+            out.append(
+                FeatureBag(
+                    bag.image_id,
+                    bag.patient_id,
+                    bag.label,
+                    features.astype(np.float32),
+                    bag.coords,
+                    bag.size,
+                )
+            )
+    return out
+
+
 @dataclass
 class FitConfig:
     """Optimisation settings (all epochs in passes over the training photos)."""

@@ -8,14 +8,8 @@ import torch
 
 from mil_cyto.data.bags import Bag
 from mil_cyto.encoders import EncoderSpec, create_encoder
-from mil_cyto.refine import (
-    RefineConfig,
-    embed_bags,
-    pseudo_labels,
-    refine_encoder,
-    self_train,
-)
-from mil_cyto.training import FitConfig
+from mil_cyto.refine import RefineConfig, pseudo_labels, refine_encoder, self_train
+from mil_cyto.training import FitConfig, embed_bags
 
 SIZE = 32
 
