@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks in one go, for a machine with a GPU (run from the repository root):
 # the CUDA tests, the extraction throughput benchmark on the GPU (decoding on threads, then on
-# processes), and the default command with --device auto. Logs go to $OUT (default ./gpu-check).
+# processes), the default command with --device auto and head epochs on CPU vs GPU.
+# Logs go to $OUT (default ./gpu-check).
 # Each step has its own time limit so that one slow step cannot hide the others.
 # Needs the package's dependencies there (a machine without Captum fails the whole-image test).
 set -u
@@ -23,5 +24,7 @@ step extract_cuda_threads 100 python3 benchmarks/extract_throughput.py --device 
     --batch-size 256 --workers 14 --rounds 2
 step extract_cuda_processes 100 python3 benchmarks/extract_throughput.py --device cuda \
     --photos 300 --batch-size 256 --decode-processes 14 --rounds 2
-step train_default_gpu 240 python3 -m mil_cyto.train --device auto --workers 14 --out /tmp/gpu-run --quiet
+# the default fits three heads at one photo per step: launch-bound on a GPU (docs/performance.md)
+step train_default_gpu 420 python3 -m mil_cyto.train --device auto --workers 14 --out /tmp/gpu-run
+step head_device 90 python3 benchmarks/head_device.py /tmp/gpu-run --epochs 3 --batch-bags 1 8 32
 cp /tmp/gpu-run/metrics.json /tmp/gpu-run/report.md /tmp/gpu-run/config.json "$OUT/" 2>/dev/null

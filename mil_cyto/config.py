@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mil_cyto.errors import MilCytoError
+from mil_cyto.labels import GRADES
 from mil_cyto.losses import BAG_LOSSES, INSTANCE_LOSSES
 
 DEFAULT_EPOCHS = MappingProxyType({"frozen": 48, "finetune": 16})
@@ -56,6 +57,8 @@ class TrainConfig:
     aggregator_kwargs: dict[str, Any] | None = None
     bag_norm: bool = True  # standardise tile features within each photo before the head
     instance_attention: bool = True  # ABMIL heads: attention logits = tile instance logits
+    # which of them: threshold k's logit "grade >= k" (1 = atypical vs normal), 0 = their sum
+    attention_threshold: int = 1
     tile_size: int = 64
     stride: int | None = None  # grid stride; None = tile_size
     min_tissue: float = 0.05
@@ -149,6 +152,11 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> T
         raise MilCytoError(f"--pretrain {config.pretrain!r}: use none or simclr")
     if config.pretrain_epochs < 1:
         raise MilCytoError("--pretrain-epochs must be >= 1")
+    if not 0 <= config.attention_threshold < len(GRADES):
+        raise MilCytoError(
+            f"--attention-threshold {config.attention_threshold}: use 0 (the sum) or a grade "
+            f"threshold 1..{len(GRADES) - 1}"
+        )
     if config.refine_epochs < 0 or config.refine_top_k < 1:
         raise MilCytoError("--refine-epochs must be >= 0 (0 = off) and --refine-top-k >= 1")
     if config.refine_epochs > 0 and config.mode != "frozen":

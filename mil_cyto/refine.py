@@ -3,7 +3,8 @@
 A first MIL head, fitted on the pretrained encoder's features with photo labels only, labels
 the training photos' instances with no cell annotation: every instance of a normal photo is
 normal (a normal photo holds no atypical cell, by the definition of its grade), and the
-``top_k`` instances of an abnormal photo by the head's attention take the photo's grade (on
+``top_k`` instances of an abnormal photo by the head's evidence for its grade (its ordinal
+instance logit "grade >= the photo's", else its attention) take the photo's grade (on
 the default synthetic set the top instance lies on an atypical cell in 97-100% of abnormal
 test photos: the pointing game). The encoder then trains on these labels with a linear
 classifier (cross-entropy, plus SimCLR's loss on the pseudo-normal instances; both heads
@@ -35,7 +36,7 @@ from mil_cyto.augment import orient_and_stain
 from mil_cyto.data.bags import Bag
 from mil_cyto.models import MILModel
 from mil_cyto.pretrain import contrastive_loss, projection_head
-from mil_cyto.training import FitConfig, embed_bags, fit, predict
+from mil_cyto.training import FitConfig, Predictions, embed_bags, fit, predict
 
 
 @dataclass
@@ -119,6 +120,20 @@ def pseudo_labels(
         photo.astype(np.int64),
         instance.astype(np.int64),
     )
+
+
+def grade_evidence(pred: Predictions) -> list[np.ndarray]:
+    """Per photo, what ranks its instances for :func:`pseudo_labels`: with an ordinal
+    instance head, each instance's logit for "grade >= the photo's grade" (so a CIN2+ photo's
+    top instance is its most CIN2+-like cell, not a koilocyte beside it, whatever the
+    attention is computed from); without one, the attention. Normal photos: any (all their
+    instances are taken)."""
+    if pred.instance_logits is None:
+        return list(pred.attention)
+    return [
+        logits[:, max(int(grade), 1) - 1]
+        for logits, grade in zip(pred.instance_logits, pred.labels, strict=True)
+    ]
 
 
 def refine_encoder(
@@ -211,7 +226,8 @@ def self_train(
     """One round of self-training, in place on ``encoder``: fit ``head`` (an untrained MIL
     head; consumed) on the encoder's features of the ``train`` photos, its epoch chosen on
     the ``val`` photos as in the run's own fit; label the training photos' instances by its
-    attention (:func:`pseudo_labels`); train the encoder on them (:func:`refine_encoder`).
+    instance logits or attention (:func:`pseudo_labels`, :func:`grade_evidence`); train the
+    encoder on them (:func:`refine_encoder`).
 
     Returns what metrics.json records (the first head's chosen epoch, the pseudo-labels per
     grade, the loss per epoch) and the pseudo-labels (``photo`` indexes ``train``).
@@ -226,11 +242,10 @@ def self_train(
         device,
         progress=False,
     )
-    attention = predict(model, train_features, device, amp=fit_config.amp).attention
+    pred = predict(model, train_features, device, amp=fit_config.amp)
     del train_features
-    pseudo = pseudo_labels(
-        [b.tiles for b in train], [b.label for b in train], attention, config.top_k
-    )
+    labels = [b.label for b in train]
+    pseudo = pseudo_labels([b.tiles for b in train], labels, grade_evidence(pred), config.top_k)
     losses = refine_encoder(encoder, pseudo, n_classes, config, device, progress=progress)
     record = {
         "epochs": config.epochs,

@@ -180,10 +180,20 @@ def fit_fingerprint(
     config: Any, model: torch.nn.Module, train_ids: list[Any], val_ids: list[Any]
 ) -> str:
     """Fingerprint of a ``fit`` call: its settings (``resume_dir`` aside), the model's
-    parameter names and shapes, and the training and validation bags (ids and labels)."""
+    parameter names and shapes and its printed form (which holds settings without weights,
+    e.g. an ABMIL head's within-bag standardisation or attention threshold), and the
+    training and validation bags (ids and labels)."""
     settings = {k: v for k, v in vars(config).items() if k != "resume_dir"}
     shapes = [(k, list(v.shape)) for k, v in model.state_dict().items()]
-    return fingerprint({"settings": settings, "model": shapes, "train": train_ids, "val": val_ids})
+    return fingerprint(
+        {
+            "settings": settings,
+            "model": shapes,
+            "architecture": repr(model),
+            "train": train_ids,
+            "val": val_ids,
+        }
+    )
 
 
 def restore_fit(

@@ -282,6 +282,8 @@ def head_kwargs(config: TrainConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"bag_norm": config.bag_norm}
     if config.aggregator in INSTANCE_ATTENTION_HEADS:
         kwargs["instance_attention"] = config.instance_attention
+        if config.instance_attention and config.attention_threshold > 0:
+            kwargs["attention_threshold"] = config.attention_threshold
     kwargs.update(config.aggregator_kwargs or {})
     return kwargs
 
@@ -579,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help=f"ABMIL heads: attention from the per-tile grade logits ({d.instance_attention})",
+    )
+    add(
+        "--attention-threshold",
+        type=int,
+        help="with --instance-attention: the attention logit is the tile's logit for grade >= "
+        f"K (1 = atypical vs normal; 0 = the sum over thresholds) ({d.attention_threshold})",
     )
     add(
         "--instance-loss",

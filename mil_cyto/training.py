@@ -101,7 +101,8 @@ class FitConfig:
 
 @dataclass
 class Predictions:
-    """Per photo: class probabilities ``(B, C)``; per tile: attention and its logits."""
+    """Per photo: class probabilities ``(B, C)``; per tile: attention and its logits, and
+    (heads with an instance head) the ordinal instance logits ``(N_i, C - 1)``, else None."""
 
     image_ids: list[str]
     labels: np.ndarray
@@ -109,6 +110,7 @@ class Predictions:
     attention: list[np.ndarray]
     scores: list[np.ndarray]
     loss: float
+    instance_logits: list[np.ndarray] | None = None
 
     @property
     def preds(self) -> np.ndarray:
@@ -179,6 +181,8 @@ def predict(
     losses = np.zeros(n)
     attention: list[np.ndarray] = [np.empty(0, np.float32)] * n
     scores: list[np.ndarray] = [np.empty(0, np.float32)] * n
+    instance: list[np.ndarray] = [np.empty((0, 0), np.float32)] * n
+    has_instance = False
     with bag_norm_once(model, bags) as (ready,):
         steps = range(0, n, per_step)
         for i in tqdm(steps, desc=desc, disable=not progress, unit="step"):
@@ -195,6 +199,9 @@ def predict(
                 size = len(bag.features if on_features else bag.tiles)
                 attention[j] = out.attention[row, :size].float().cpu().numpy()
                 scores[j] = out.scores[row, :size].float().cpu().numpy()
+                if out.instance_logits is not None:
+                    has_instance = True
+                    instance[j] = out.instance_logits[row, :size].float().cpu().numpy()
     return Predictions(
         image_ids=[b.image_id for b in bags],
         labels=np.array([b.label for b in bags]),
@@ -202,6 +209,7 @@ def predict(
         attention=attention,
         scores=scores,
         loss=float(losses.mean()),
+        instance_logits=instance if has_instance else None,
     )
 
 

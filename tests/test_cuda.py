@@ -193,3 +193,7 @@ def test_train_command_runs_on_cuda_with_device_auto(tmp_path: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert config["device"] == "auto" and config["amp"] is True
     assert 0.0 <= metrics["accuracy"] <= 1.0
+    # the default frozen run pretrains (SimCLR) and self-trains the encoder on the GPU too
+    assert config["pretrain"] == "simclr" and config["refine_epochs"] > 0
+    losses = metrics["self_training"]["loss_per_epoch"]
+    assert len(losses) == config["refine_epochs"] and np.isfinite(losses).all()

@@ -8,8 +8,14 @@ import torch
 
 from mil_cyto.data.bags import Bag
 from mil_cyto.encoders import EncoderSpec, create_encoder
-from mil_cyto.refine import RefineConfig, pseudo_labels, refine_encoder, self_train
-from mil_cyto.training import FitConfig, embed_bags
+from mil_cyto.refine import (
+    RefineConfig,
+    grade_evidence,
+    pseudo_labels,
+    refine_encoder,
+    self_train,
+)
+from mil_cyto.training import FeatureBag, FitConfig, Predictions, embed_bags, predict
 
 SIZE = 32
 
@@ -166,3 +172,59 @@ def test_self_train_fits_a_head_labels_the_training_photos_and_moves_the_encoder
     np.testing.assert_allclose(features[0].features, expected, atol=1e-5)
     assert features[0].features.dtype == np.float32
     np.testing.assert_array_equal(features[1].coords, train[1].coords)
+
+
+def test_pseudo_labels_rank_a_photo_by_its_own_grade_logit() -> None:
+    """With an ordinal instance head, a CIN2+ photo's instances are ranked by "grade >=
+    CIN2+" and a CIN1 photo's by "grade >= CIN1", whatever the attention says: a koilocyte
+    (high on the first logit only) does not take a CIN2+ photo's pseudo-label."""
+    # instance logits (">= CIN1", ">= CIN2+"): a koilocyte, an HSIL cell, a normal cell
+    logits = np.array([[6.0, -2.0], [4.0, 5.0], [-5.0, -6.0]], np.float32)
+    attention = np.array([0.7, 0.2, 0.1], np.float32)  # attention on the koilocyte
+    pred = Predictions(
+        ["a", "b", "c"],
+        np.array([2, 1, 0]),
+        np.full((3, 3), 1 / 3),
+        [attention] * 3,
+        [np.log(attention)] * 3,
+        0.0,
+        instance_logits=[logits] * 3,
+    )
+    evidence = grade_evidence(pred)
+    np.testing.assert_array_equal(evidence[0], logits[:, 1])
+    np.testing.assert_array_equal(evidence[1], logits[:, 0])
+    tiles = [np.arange(3, dtype=np.uint8).reshape(3, 1, 1, 1).repeat(3, 1)] * 3
+    chosen = pseudo_labels(tiles, [2, 1, 0], evidence, top_k=1)
+    assert chosen.instance[:2].tolist() == [1, 0]  # the HSIL cell, the koilocyte
+    assert chosen.labels.tolist() == [2, 1, 0, 0, 0]
+    without = Predictions(["a"], np.array([2]), np.ones((1, 3)) / 3, [attention], [attention], 0.0)
+    assert grade_evidence(without)[0] is attention  # no instance head: the attention
+
+
+def test_predict_returns_the_instance_logits_of_heads_that_have_them() -> None:
+    from mil_cyto.models import MILModel, create_aggregator
+
+    rng = np.random.default_rng(1)
+    bags = [
+        FeatureBag(
+            f"b{i}",
+            f"p{i}",
+            i % 3,
+            rng.normal(size=(n, 6)).astype(np.float32),
+            np.zeros((n, 4), np.int32),
+            (1, 1),
+        )
+        for i, n in enumerate([5, 9, 3])
+    ]
+    torch.manual_seed(0)
+    ordinal = MILModel(None, create_aggregator("gated_abmil", in_dim=6, instance_attention=True))
+    pred = predict(ordinal, bags, torch.device("cpu"))
+    assert pred.instance_logits is not None
+    assert [x.shape for x in pred.instance_logits] == [(5, 2), (9, 2), (3, 2)]
+    np.testing.assert_allclose(pred.instance_logits[1].sum(1), pred.scores[1], rtol=1e-5)
+    assert (
+        predict(
+            MILModel(None, create_aggregator("mean", in_dim=6)), bags, torch.device("cpu")
+        ).instance_logits
+        is None
+    )

@@ -235,6 +235,17 @@ def test_mismatched_checkpoint_files_are_ignored(tmp_path: Path) -> None:
         cfg, model, [(b.image_id, b.label) for b in train], [b.image_id for b in val]
     )
     assert resume.load_checkpoint(tmp_path / "ck", run_id) is not None
+    # a head that differs only in a setting without weights is another run
+    ids = ([(b.image_id, b.label) for b in train], [b.image_id for b in val])
+
+    def head_id(**kwargs: object) -> str:
+        head = create_aggregator("gated_abmil", in_dim=8, n_classes=3, **kwargs)
+        return resume.fit_fingerprint(cfg, MILModel(None, head), *ids)
+
+    assert head_id() == run_id
+    assert head_id(bag_norm=True) != run_id
+    summed = head_id(instance_attention=True)
+    assert head_id(instance_attention=True, attention_threshold=1) != summed
     # a kill between the two writes: new tensors, old JSON -> the checkpoint is not used
     tensors = tmp_path / "ck" / "state.safetensors"
     tensors.write_bytes(tensors.read_bytes() + b" ")

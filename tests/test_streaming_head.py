@@ -10,16 +10,25 @@ from mil_cyto.models.streaming import attend_in_chunks
 
 
 @pytest.mark.parametrize(
-    "name, bag_norm, instance_attention",
-    [("abmil", False, False), ("gated_abmil", True, False), ("gated_abmil", True, True)],
+    "name, bag_norm, instance_attention, threshold",
+    [
+        ("abmil", False, False, None),
+        ("gated_abmil", True, False, None),
+        ("gated_abmil", True, True, None),
+        ("gated_abmil", True, True, 1),
+    ],
 )
 @pytest.mark.parametrize("chunk", [7, 64, 1000])
 def test_chunked_head_matches_plain_head(
-    name: str, bag_norm: bool, instance_attention: bool, chunk: int
+    name: str, bag_norm: bool, instance_attention: bool, threshold: int | None, chunk: int
 ) -> None:
     torch.manual_seed(0)
     head = create_aggregator(
-        name, in_dim=12, bag_norm=bag_norm, instance_attention=instance_attention
+        name,
+        in_dim=12,
+        bag_norm=bag_norm,
+        instance_attention=instance_attention,
+        attention_threshold=threshold,
     ).eval()
     x = torch.randn(300, 12) * 3 + 1
     with torch.no_grad():

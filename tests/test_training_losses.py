@@ -89,6 +89,32 @@ def test_instance_attention_follows_the_instance_logits() -> None:
         create_aggregator("abmil", in_dim=5, instance_attention=True, instance_head=False)
 
 
+def test_attention_threshold_takes_one_ordinal_logit() -> None:
+    """``attention_threshold=1``: the attention logit is the tile's "grade >= CIN1" logit
+    alone, so a tile strong on "CIN2+" but no stronger on "atypical" gains nothing."""
+    torch.manual_seed(3)
+    kwargs = {"in_dim": 5, "instance_attention": True}
+    summed = create_aggregator("gated_abmil", **kwargs).eval()
+    first = create_aggregator("gated_abmil", attention_threshold=1, **kwargs).eval()
+    first.load_state_dict(summed.state_dict())  # same weights: only the attention differs
+    second = create_aggregator("gated_abmil", attention_threshold=2, **kwargs).eval()
+    second.load_state_dict(summed.state_dict())
+    x = torch.randn(2, 9, 5)
+    with torch.no_grad():
+        out_sum, out_first, out_second = summed(x), first(x), second(x)
+    assert out_first.instance_logits is not None
+    torch.testing.assert_close(out_first.instance_logits, out_sum.instance_logits)
+    torch.testing.assert_close(out_first.scores, out_first.instance_logits[..., 0])
+    torch.testing.assert_close(out_second.scores, out_first.instance_logits[..., 1])
+    torch.testing.assert_close(out_first.attention, torch.softmax(out_first.scores, dim=1))
+    assert not torch.allclose(out_first.attention, out_sum.attention)
+    for bad in ({"attention_threshold": 3}, {"attention_threshold": 0}):
+        with pytest.raises(ValueError, match="attention_threshold"):
+            create_aggregator("gated_abmil", **kwargs, **bad)
+    with pytest.raises(ValueError, match="attention_threshold"):
+        create_aggregator("gated_abmil", in_dim=5, attention_threshold=1)  # own attention MLP
+
+
 def test_bag_norm_aggregator_is_padding_invariant() -> None:
     torch.manual_seed(1)
     agg = create_aggregator("gated_abmil", in_dim=5, bag_norm=True).eval()

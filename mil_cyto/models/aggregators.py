@@ -101,8 +101,12 @@ class AttentionMIL(nn.Module):
         instance_head: add a per-tile ordinal classifier ("this tile is >= CIN1", ">= CIN2+"),
             trained by an instance loss (see ``training.ordinal_instance_loss``).
         bag_norm: standardise features within each bag first (``standardise_within_bag``).
-        instance_attention: the attention logits are the tile's summed ordinal instance
-            logits (no separate attention MLP), so the instance loss trains the attention.
+        instance_attention: the attention logits come from the tile's ordinal instance
+            logits (no separate attention MLP), so the instance loss trains the attention:
+            their sum, or with ``attention_threshold``, one of them.
+        attention_threshold: k = the logit "grade >= k" alone is the attention logit (1 =
+            atypical vs normal, which scores every atypical cell, a CIN2+ photo's koilocytes
+            too, rather than mostly its highest-grade cells; docs/cin1_gap.md); None = sum.
     """
 
     def __init__(
@@ -116,11 +120,20 @@ class AttentionMIL(nn.Module):
         instance_head: bool = True,
         bag_norm: bool = False,
         instance_attention: bool = False,
+        attention_threshold: int | None = None,
     ) -> None:
         super().__init__()
         if instance_attention and not instance_head:
             raise ValueError("instance_attention needs instance_head=True")
+        if attention_threshold is not None and not (
+            instance_attention and 1 <= attention_threshold < n_classes
+        ):
+            raise ValueError(
+                f"attention_threshold {attention_threshold}: needs instance_attention and a "
+                f"threshold in 1..{n_classes - 1}"
+            )
         self.bag_norm = bag_norm
+        self.attention_threshold = attention_threshold
         self.instance_attention = instance_attention
         self.project = tile_projection(in_dim, hidden_dim, dropout)
         own_attention = not instance_attention  # else the instance head scores the tiles
@@ -129,6 +142,12 @@ class AttentionMIL(nn.Module):
         self.attention_w = nn.Linear(attention_dim, 1) if own_attention else None
         self.classifier = nn.Linear(hidden_dim, n_classes)
         self.instance_head = nn.Linear(hidden_dim, n_classes - 1) if instance_head else None
+
+    def extra_repr(self) -> str:
+        return (
+            f"bag_norm={self.bag_norm}, instance_attention={self.instance_attention}, "
+            f"attention_threshold={self.attention_threshold}"
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MILOutput:
         if self.bag_norm:
@@ -150,6 +169,8 @@ class AttentionMIL(nn.Module):
         instance = self.instance_head(h) if self.instance_head is not None else None
         if self.instance_attention:
             assert instance is not None
+            if self.attention_threshold is not None:
+                return instance[..., self.attention_threshold - 1], instance
             return instance.sum(dim=-1), instance
         assert self.attention_v is not None and self.attention_w is not None
         gate = torch.tanh(self.attention_v(h))
