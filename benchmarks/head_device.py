@@ -19,38 +19,27 @@ from pathlib import Path
 
 import torch
 
-from mil_cyto.config import load_config_file, resolve_config
+from mil_cyto.config import TrainConfig, load_config_file, resolve_config
 from mil_cyto.data.manifest import read_manifest
-from mil_cyto.features import BagStore
 from mil_cyto.models import MILModel
-from mil_cyto.train import create_fit_config, create_head, resolve_data
+from mil_cyto.train import create_fit_config, create_head, resolve_data, stored_bags
 from mil_cyto.training import FeatureBag, fit, seed_everything
 
 
-def load_split_bags(run: Path) -> tuple[list[FeatureBag], list[FeatureBag], dict]:
-    """The run's training and validation photos as feature bags, and its config values."""
-    values = load_config_file(run / "config.json")
-    config = resolve_config(values, {})
-    rows = {
-        r.image_id: r for r in read_manifest(resolve_data(config, progress=False) / "manifest.csv")
-    }
+def load_split_bags(run: Path) -> tuple[list[FeatureBag], list[FeatureBag], TrainConfig]:
+    """The run's training and validation photos as feature bags, and its config."""
+    config = resolve_config(load_config_file(run / "config.json"), {})
+    manifest = resolve_data(config, progress=False) / "manifest.csv"
+    rows = {r.image_id: r for r in read_manifest(manifest)}
     split = json.loads((run / "splits.json").read_text())
-    parts: dict[str, list[FeatureBag]] = {}
-    with BagStore(run / "features.h5") as store:
-        for part in ("train", "val"):
-            parts[part] = []
-            for image_id in split[part]:
-                feats, coords = store[image_id]
-                row = rows[image_id]
-                bag = FeatureBag(
-                    image_id, row.patient_id, row.label, feats, coords, store.size(image_id)
-                )
-                parts[part].append(bag)
-    return parts["train"], parts["val"], values
+    train, val = ([rows[i] for i in split[part]] for part in ("train", "val"))
+    store = run / "features.h5"
+    return stored_bags(store, train), stored_bags(store, val), config
 
 
-def _fit_seconds(train, val, values: dict, device: str, batch_bags: int, epochs: int) -> float:
-    config = resolve_config(values, {})
+def _fit_seconds(
+    train, val, config: TrainConfig, device: str, batch_bags: int, epochs: int
+) -> float:
     seed_everything(0)
     model = MILModel(None, create_head(config, train[0].features.shape[1]))
     fit_config = create_fit_config(config, epochs=epochs, batch_bags=batch_bags, resume_dir=None)
@@ -61,12 +50,14 @@ def _fit_seconds(train, val, values: dict, device: str, batch_bags: int, epochs:
     return time.perf_counter() - start
 
 
-def seconds_per_epoch(train, val, values: dict, device: str, batch_bags: int, epochs: int) -> float:
+def seconds_per_epoch(
+    train, val, config: TrainConfig, device: str, batch_bags: int, epochs: int
+) -> float:
     """Wall-clock seconds per epoch (validation included) past the first: the difference of
     a fit of ``epochs + 1`` epochs and one of a single epoch (set-up and warm-up), over
     ``epochs``."""
-    once = _fit_seconds(train, val, values, device, batch_bags, 1)
-    return (_fit_seconds(train, val, values, device, batch_bags, epochs + 1) - once) / epochs
+    once = _fit_seconds(train, val, config, device, batch_bags, 1)
+    return (_fit_seconds(train, val, config, device, batch_bags, epochs + 1) - once) / epochs
 
 
 def main() -> None:
@@ -75,8 +66,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-bags", type=int, nargs="+", default=None)
     args = parser.parse_args()
-    train, val, values = load_split_bags(args.run)
-    own = int(values.get("batch_bags") or 1)
+    train, val, config = load_split_bags(args.run)
+    own = config.batch_bags
     sizes = args.batch_bags or sorted({own, 8, 32})
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(
@@ -86,7 +77,7 @@ def main() -> None:
     results = {}
     for device in devices:
         for size in sizes:
-            results[device, size] = seconds_per_epoch(train, val, values, device, size, args.epochs)
+            results[device, size] = seconds_per_epoch(train, val, config, device, size, args.epochs)
     base = results["cpu", own]
     print(f"{'device':<6} {'photos/step':>11} {'s/epoch':>8} {'vs cpu@' + str(own):>9}")
     for (device, size), seconds in results.items():

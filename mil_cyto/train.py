@@ -128,6 +128,12 @@ def _feature_bags(
             known_coords=known_coords,
             decoder=pool,
         )
+    return stored_bags(store_path, rows)
+
+
+def stored_bags(store_path: Path, rows: Sequence[ManifestRow]) -> list[FeatureBag]:
+    """The cached features of ``rows``' photos in the bag store at ``store_path``, in order,
+    as feature bags with their labels from the manifest."""
     with BagStore(store_path) as store:
         bags = []
         for row in rows:
