@@ -19,6 +19,7 @@ from mil_cyto.errors import MilCytoError
 from mil_cyto.io import atomic_path, write_json
 from mil_cyto.labels import GRADES
 from mil_cyto.models import MILModel, create_aggregator
+from mil_cyto.models.ensemble import HeadEnsemble
 
 FORMAT = "mil-cyto-model/1"
 
@@ -29,15 +30,20 @@ def model_recipe(
     aggregator_kwargs: dict[str, Any],
     in_dim: int,
     tiling: dict[str, Any],
+    members: int = 1,
 ) -> dict[str, Any]:
-    """The JSON that rebuilds a model; encoder weights come from the safetensors file."""
+    """The JSON that rebuilds a model; encoder weights come from the safetensors file.
+    ``members`` > 1: the head is a :class:`HeadEnsemble` of that many aggregators."""
+    aggregator_recipe = {"name": aggregator, "kwargs": aggregator_kwargs, "in_dim": in_dim}
+    if members > 1:
+        aggregator_recipe["members"] = members
     return {
         "format": FORMAT,
         "mil_cyto_version": __version__,
         "classes": list(GRADES),
         "encoder": {"name": encoder.name, "kwargs": encoder.kwargs},
         "encoder_init": {"weights": encoder.weights, "cache_dir": encoder.cache_dir},
-        "aggregator": {"name": aggregator, "kwargs": aggregator_kwargs, "in_dim": in_dim},
+        "aggregator": aggregator_recipe,
         "tiling": tiling,
     }
 
@@ -56,10 +62,13 @@ def build_model(recipe: dict[str, Any]) -> MILModel:
         EncoderSpec(name=recipe["encoder"]["name"], kwargs=recipe["encoder"]["kwargs"])
     )
     agg = recipe["aggregator"]
-    aggregator = create_aggregator(
-        agg["name"], in_dim=agg["in_dim"], n_classes=len(recipe["classes"]), **agg["kwargs"]
-    )
-    return MILModel(encoder, aggregator)
+    heads = [
+        create_aggregator(
+            agg["name"], in_dim=agg["in_dim"], n_classes=len(recipe["classes"]), **agg["kwargs"]
+        )
+        for _ in range(int(agg.get("members", 1)))
+    ]
+    return MILModel(encoder, heads[0] if len(heads) == 1 else HeadEnsemble(heads))
 
 
 def load_model(run_dir: Path) -> tuple[MILModel, dict[str, Any]]:

@@ -21,6 +21,10 @@ DEFAULT_REFINE_EPOCHS = 5
 """Self-training epochs after self-supervised pretraining in frozen mode (docs/cin1_gap.md)."""
 
 
+DEFAULT_HEADS = 3
+"""Heads averaged in frozen mode: steadier attention maps than one (docs/cin1_gap.md)."""
+
+
 DEFAULT_RADIAL_RINGS = 16
 """Rings of the radial profile for nucleus crops: 2-px rings out to a 64-px crop's edge."""
 
@@ -53,6 +57,9 @@ class TrainConfig:
     # frozen mode after self-supervised pretraining, else 0 (off)
     refine_epochs: int | None = None
     refine_top_k: int = 1  # instances per abnormal training photo labelled with its grade
+    # self-training rounds: each round's first head labels the instances by the features the
+    # last round made (1 = the labels of the pretrained encoder's head only)
+    refine_rounds: int = 2
     aggregator: str = "gated_abmil"
     aggregator_kwargs: dict[str, Any] | None = None
     bag_norm: bool = True  # standardise tile features within each photo before the head
@@ -67,6 +74,9 @@ class TrainConfig:
     # then train the head again on training + validation photos for the epochs validation
     # chose (the model kept); None = on in frozen mode, off when fine-tuning
     refit: bool | None = None
+    # heads fitted apart (seeds seed, seed + 1000, ...), their mean the model; None = 3 in
+    # frozen mode, 1 when fine-tuning (the heads would share one trained encoder)
+    heads: int | None = None
     batch_bags: int = 1
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -96,6 +106,8 @@ class TrainConfig:
             self.epochs = DEFAULT_EPOCHS.get(self.mode, DEFAULT_EPOCHS["finetune"])
         if self.refit is None:
             self.refit = self.mode == "frozen"
+        if self.heads is None:
+            self.heads = DEFAULT_HEADS if self.mode == "frozen" else 1
         if self.refine_epochs is None:
             pretrained_here = self.mode == "frozen" and self.pretrain != "none"
             self.refine_epochs = DEFAULT_REFINE_EPOCHS if pretrained_here else 0
@@ -157,8 +169,17 @@ def resolve_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> T
             f"--attention-threshold {config.attention_threshold}: use 0 (the sum) or a grade "
             f"threshold 1..{len(GRADES) - 1}"
         )
-    if config.refine_epochs < 0 or config.refine_top_k < 1:
-        raise MilCytoError("--refine-epochs must be >= 0 (0 = off) and --refine-top-k >= 1")
+    if config.heads < 1:
+        raise MilCytoError(f"--heads {config.heads}: use 1 (one head) or more (an ensemble)")
+    if config.heads > 1 and config.mode != "frozen":
+        raise MilCytoError(
+            "--heads > 1 needs --mode frozen (fine-tuned heads share one trained encoder); "
+            "use --heads 1"
+        )
+    if config.refine_epochs < 0 or config.refine_top_k < 1 or config.refine_rounds < 1:
+        raise MilCytoError(
+            "--refine-epochs must be >= 0 (0 = off), --refine-top-k and --refine-rounds >= 1"
+        )
     if config.refine_epochs > 0 and config.mode != "frozen":
         raise MilCytoError(
             "--refine-epochs needs --mode frozen (fine-tuning trains the encoder already); "

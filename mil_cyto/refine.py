@@ -16,8 +16,9 @@ test photos unseen.
 
 The idea is that of ItS2CLR (Liu et al., "Multiple Instance Learning via Iterative
 Self-Paced Supervised Contrastive Learning", CVPR 2023), which refines a SimCLR encoder with
-MIL pseudo-labels; here with cross-entropy beside the contrastive loss, one round and the
-confident labels only.
+MIL pseudo-labels; here with cross-entropy beside the contrastive loss and the confident
+labels only. :func:`self_train` is one round; ``mil_cyto.train`` runs ``--refine-rounds``
+of them (2 by default), each labelled by a head on the features the last one made.
 """
 
 from __future__ import annotations

@@ -136,6 +136,13 @@ def render_report(metrics: dict[str, Any], config: dict[str, Any]) -> str:
             f"; the head then trained again for {refit['epochs']} epochs on the "
             f"{refit['photos']} training and validation photos, and kept"
         )
+    members = training.get("members", [])
+    if members:
+        epochs = ", ".join(str(m["best_epoch"]) for m in members)
+        chosen += (
+            f"; the model is the mean of {len(members)} such heads from seeds "
+            f"{', '.join(str(m.get('seed', config['seed'])) for m in members)} (epochs {epochs})"
+        )
     lines = [
         "# mil-cyto run report",
         "",

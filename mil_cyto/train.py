@@ -49,6 +49,7 @@ from mil_cyto.losses import BAG_LOSSES, INSTANCE_LOSSES
 from mil_cyto.metrics import classification_metrics, format_table
 from mil_cyto.models import MILModel, create_aggregator
 from mil_cyto.models.aggregators import INSTANCE_ATTENTION_HEADS
+from mil_cyto.models.ensemble import HeadEnsemble
 from mil_cyto.pretrain import PretrainConfig, pretrain_encoder
 from mil_cyto.refine import RefineConfig, self_train
 from mil_cyto.reporting import (
@@ -171,7 +172,7 @@ def _self_training_fingerprint(
     settings = {
         "pretraining": _pretraining_fingerprint(config, train_ids, tiling),
         "head": [config.aggregator, head_kwargs(config), fit_settings],
-        "refine": [config.refine_epochs, config.refine_top_k],
+        "refine": [config.refine_epochs, config.refine_top_k, config.refine_rounds],
         "val": val_ids,
     }
     return fingerprint(settings)
@@ -255,31 +256,41 @@ def _self_train(
     device: torch.device,
     progress: bool,
 ) -> dict[str, Any]:
-    """Self-training of ``encoder`` on the MIL head's pseudo-labels (:mod:`mil_cyto.refine`);
-    returns what metrics.json records of it, with the SHA-256 of the encoder's weights and,
-    where cell boxes exist (never used to train), the share of pseudo-abnormal instances
-    whose centre lies in an atypical cell of their photo."""
-    head = create_head(config, encoder.out_dim)
-    settings = RefineConfig(config.refine_epochs, config.refine_top_k, seed=config.seed)
-    record, pseudo = self_train(
-        encoder,
-        head,
-        train_tiled,
-        val_tiled,
-        create_fit_config(config),
-        settings,
-        len(GRADES),
-        device,
-        progress=progress,
-    )
-    if boxes is not None:
-        positive = pseudo.labels.numpy() > 0
-        hits = [
-            centres_in_boxes(train_tiled[p].coords[[i]], boxes.get(train_tiled[p].image_id, []))[0]
-            for p, i in zip(pseudo.photo[positive], pseudo.instance[positive], strict=True)
-        ]
-        record["pseudo_abnormal_on_atypical_cells"] = float(np.mean(hits)) if hits else None
-    record["encoder_sha256"] = weights_digest(encoder)
+    """Self-training of ``encoder`` on the MIL head's pseudo-labels (:mod:`mil_cyto.refine`),
+    ``config.refine_rounds`` rounds, each with a new first head on the features the last
+    round made; returns what metrics.json records of it (the last round's figures, each
+    round's under ``rounds`` when there are several), with the SHA-256 of the encoder's
+    weights and, where cell boxes exist (never used to train), the share of pseudo-abnormal
+    instances whose centre lies in an atypical cell of their photo."""
+    rounds = []
+    for round_index in range(config.refine_rounds):
+        head = create_head(config, encoder.out_dim)
+        seed = config.seed + 1000 * round_index  # round 1: the run's seed
+        settings = RefineConfig(config.refine_epochs, config.refine_top_k, seed=seed)
+        record, pseudo = self_train(
+            encoder,
+            head,
+            train_tiled,
+            val_tiled,
+            create_fit_config(config, seed=seed),
+            settings,
+            len(GRADES),
+            device,
+            progress=progress,
+        )
+        if boxes is not None:
+            positive = pseudo.labels.numpy() > 0
+            hits = [
+                centres_in_boxes(
+                    train_tiled[p].coords[[i]], boxes.get(train_tiled[p].image_id, [])
+                )[0]
+                for p, i in zip(pseudo.photo[positive], pseudo.instance[positive], strict=True)
+            ]
+            record["pseudo_abnormal_on_atypical_cells"] = float(np.mean(hits)) if hits else None
+        rounds.append(record)
+    record = {**rounds[-1], "encoder_sha256": weights_digest(encoder)}
+    if len(rounds) > 1:
+        record["rounds"] = rounds
     return record
 
 
@@ -418,18 +429,26 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         model = MILModel(None, aggregator)
         timing["feature extraction"] = time.perf_counter() - step
 
-    # a killed run, rerun with the same --out, resumes
-    fit_config = create_fit_config(config, resume_dir=str(run_dir / RESUME_DIR))
     train_bags, val_bags, test_bags = split.take(bags)
-    untrained = copy.deepcopy(model.aggregator) if config.refit else None
-    result = fit(model, train_bags, val_bags, fit_config, device, progress=progress, dist_ctx=ctx)
-    timing["training"] = result.seconds
-    refit: dict[str, Any] | None = None
-    if untrained is not None:
-        photos = [*train_bags, *val_bags]
-        model = MILModel(model.encoder, untrained)
-        refit, seconds = _refit(model, photos, result.best_epoch, config, run_dir, device, ctx)
+    members = []
+    timing["training"] = 0.0
+    for index in range(config.heads):
+        # member 0: the head built above; member k: its own seed for init and dropout, so it
+        # is the same head whatever came before it
+        cuda = [torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            if index > 0:
+                torch.manual_seed(_member_seed(config, index))
+                model = MILModel(model.encoder, create_head(config, encoder.out_dim))
+            model, member, seconds = _fit_head(
+                model, train_bags, val_bags, config, index, run_dir, device, ctx, progress
+            )
+        members.append((model.aggregator, member))
         timing["training"] += seconds
+    training = dict(members[0][1])
+    if len(members) > 1:
+        model = MILModel(model.encoder, HeadEnsemble([head for head, _ in members]))
+        training["members"] = [member for _, member in members]
     if not ctx.is_main:  # rank 0 alone tests and writes the run folder
         return run_dir, {}
 
@@ -437,9 +456,7 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     test_rows = split.take(rows)[2]
     pred = predict(model, test_bags, device, progress=progress, desc="testing", amp=config.amp)
     metrics = classification_metrics(pred.labels, pred.preds)
-    metrics["training"] = {"best_epoch": result.best_epoch, "history": result.history}
-    if refit is not None:
-        metrics["training"]["refit"] = refit
+    metrics["training"] = training
     if pretraining is not None:
         metrics["pretraining"] = pretraining
     if self_training is not None:
@@ -459,7 +476,9 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
     if model.encoder is None:  # the trained head (refitted or not) on the encoder it saw
         model = MILModel(encoder, model.aggregator)
     kwargs = head_kwargs(config)
-    recipe = model_recipe(spec, config.aggregator, kwargs, encoder.out_dim, vars(tiling))
+    recipe = model_recipe(
+        spec, config.aggregator, kwargs, encoder.out_dim, vars(tiling), members=config.heads
+    )
     save_model(run_dir, model, recipe)
     write_predictions(run_dir / "predictions.csv", test_rows, pred)
     write_attention(run_dir / "attention.h5", pred, coords, sizes)
@@ -502,12 +521,57 @@ def _example_photos(
     return items
 
 
+def _member_seed(config: TrainConfig, index: int) -> int:
+    """The seed of the ``index``-th head of an ensemble (``--heads``); 0: the run's seed."""
+    return config.seed + 1000 * index
+
+
+def _fit_head(
+    model: MILModel,
+    train_bags: Sequence[Any],
+    val_bags: Sequence[Any],
+    config: TrainConfig,
+    index: int,
+    run_dir: Path,
+    device: torch.device,
+    ctx: DistContext,
+    progress: bool,
+) -> tuple[MILModel, dict[str, Any], float]:
+    """Fit ``model``'s head (the ``index``-th of ``--heads``) with its epoch chosen on
+    ``val_bags``, then refit it (``--refit``). Returns the model kept, what metrics.json
+    records of the fit (``best_epoch``, ``history``, ``refit``) and the seconds it took.
+
+    A killed run, rerun with the same ``--out``, resumes (each head in a folder of its own).
+    """
+    folder = run_dir / RESUME_DIR / (f"head-{index}" if index else "")
+    seed = _member_seed(config, index)
+    fit_config = create_fit_config(config, seed=seed, resume_dir=str(folder))
+    untrained = copy.deepcopy(model.aggregator) if config.refit else None
+    desc = f"training head {index + 1}/{config.heads}" if config.heads > 1 else "training"
+    result = fit(
+        model, train_bags, val_bags, fit_config, device, progress=progress, dist_ctx=ctx, desc=desc
+    )
+    record: dict[str, Any] = {"best_epoch": result.best_epoch, "history": result.history}
+    if index:
+        record["seed"] = seed
+    seconds = result.seconds
+    if untrained is not None:
+        model = MILModel(model.encoder, untrained)
+        photos = [*train_bags, *val_bags]
+        record["refit"], more = _refit(
+            model, photos, result.best_epoch, config, seed, folder, device, ctx
+        )
+        seconds += more
+    return model, record, seconds
+
+
 def _refit(
     model: MILModel,
     photos: Sequence[Any],
     epochs: int,
     config: TrainConfig,
-    run_dir: Path,
+    seed: int,
+    resume_folder: Path,
     device: torch.device,
     ctx: DistContext,
 ) -> tuple[dict[str, Any], float]:
@@ -518,8 +582,10 @@ def _refit(
     over the validation-chosen head: +0.023 over 20 heads on cached features, +0.010 over ten
     full default runs (docs/cin1_gap.md)."""
     # resumable like the first fit, in a folder of its own (its own fingerprint)
-    folder = str(run_dir / RESUME_DIR / "refit")
-    refit_config = create_fit_config(config, epochs=max(1, epochs), resume_dir=folder, keep="last")
+    folder = str(resume_folder / "refit")
+    refit_config = create_fit_config(
+        config, seed=seed, epochs=max(1, epochs), resume_dir=folder, keep="last"
+    )
     result = fit(model, photos, [], refit_config, device, progress=False, dist_ctx=ctx)
     return {"epochs": refit_config.epochs, "photos": len(photos)}, result.seconds
 
@@ -567,6 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine-top-k",
         type=int,
         help=f"instances per abnormal training photo labelled with its grade ({d.refine_top_k})",
+    )
+    add(
+        "--refine-rounds",
+        type=int,
+        help="self-training rounds: each round's head labels the instances by the features the "
+        f"last round made ({d.refine_rounds})",
     )
     add(
         "--radial-rings",
@@ -620,6 +692,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="after choosing the epoch on the validation photos, train the head again on "
         "training + validation photos for that many epochs and keep it (default on in frozen "
         "mode, off when fine-tuning)",
+    )
+    add(
+        "--heads",
+        type=int,
+        help="frozen mode: fit this many heads with different seeds (each chooses its own "
+        "epoch, then is refitted) and keep the mean of their probabilities and attention; "
+        f"steadier than one head ({d.heads})",
     )
     add("--batch-bags", type=int, help=f"photos per optimisation step ({d.batch_bags})")
     add("--lr", type=float, help=f"peak learning rate ({d.lr})")

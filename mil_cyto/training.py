@@ -308,6 +308,7 @@ def fit(
     *,
     progress: bool = True,
     dist_ctx: DistContext | None = None,
+    desc: str = "training",
 ) -> FitResult:
     """Train with AdamW and a cosine schedule; keep the weights of the best validation epoch.
 
@@ -371,9 +372,7 @@ def fit(
             best_state = restored.best_state
     # frozen features: the within-bag standardisation once, not at every step
     with bag_norm_once(model, train_bags, val_bags) as (train_bags, val_bags):
-        epochs = tqdm(
-            range(first, config.epochs), desc="training", unit="epoch", disable=not progress
-        )
+        epochs = tqdm(range(first, config.epochs), desc=desc, unit="epoch", disable=not progress)
         for epoch in epochs:
             order = epoch_order(labels.tolist(), order_gen, config.balanced_sampling)
             if model.encoder is None:  # padded feature batches: little padding per batch

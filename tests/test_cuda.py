@@ -197,3 +197,5 @@ def test_train_command_runs_on_cuda_with_device_auto(tmp_path: Path) -> None:
     assert config["pretrain"] == "simclr" and config["refine_epochs"] > 0
     losses = metrics["self_training"]["loss_per_epoch"]
     assert len(losses) == config["refine_epochs"] and np.isfinite(losses).all()
+    assert len(metrics["self_training"]["rounds"]) == config["refine_rounds"] == 2
+    assert len(metrics["training"]["members"]) == config["heads"] == 3  # the head ensemble

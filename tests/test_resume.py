@@ -268,18 +268,24 @@ def _wait_for_epoch(state: Path, proc: subprocess.Popen[str], epoch: int, limit:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["state.json", "refit/state.json"])
+@pytest.mark.parametrize(
+    "stage", ["state.json", "refit/state.json", "head-1/state.json", "head-1/refit/state.json"]
+)
 def test_training_killed_then_resumed(tiny_data: Path, tmp_path: Path, stage: str) -> None:
     """``python -m mil_cyto.train`` killed after the first epoch of the head's first fit, or
-    of its refit on training + validation photos; the same command again finishes the run,
-    which equals an uninterrupted run (weights, predictions, metrics)."""
+    of its refit on training + validation photos, or of either for the second head of an
+    ensemble (``--heads 2``); the same command again finishes the run, which equals an
+    uninterrupted run (weights, predictions, metrics)."""
     args = ["--data", str(tiny_data), "--epochs", "3", "--quiet", "--tile-size", "48"]
     args += ["--stride", "48", "--threads", "1", "--workers", "1"]
+    second_head = stage.startswith("head-1")
+    args += ["--heads", "2" if second_head else "1"]
     cmd = [sys.executable, "-m", "mil_cyto.train", *args]
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
     subprocess.run([*cmd, "--out", str(fresh)], env=_env(), check=True, capture_output=True)
-    refit_epochs = json.loads((fresh / "metrics.json").read_text())["training"]["refit"]["epochs"]
-    assert refit_epochs >= 2  # so that a kill after its first epoch lands inside it
+    training = json.loads((fresh / "metrics.json").read_text())["training"]
+    fitted = training["members"][1] if second_head else training
+    assert fitted["refit"]["epochs"] >= 2  # so that a kill after its first epoch lands inside it
     proc = subprocess.Popen([*cmd, "--out", str(killed)], env=_env(), text=True)
     _wait_for_epoch(killed / "resume" / stage, proc, 1, 600)
     proc.send_signal(signal.SIGKILL)
@@ -294,8 +300,9 @@ def test_training_killed_then_resumed(tiny_data: Path, tmp_path: Path, stage: st
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (killed, fresh))
     for m in (ma, mb):
         m.pop("timing_s")
-        for h in m["training"]["history"]:
-            h.pop("seconds", None)
+        for fitted in [m["training"], *m["training"].get("members", [])]:
+            for h in fitted["history"]:
+                h.pop("seconds", None)
     assert ma == mb
 
 

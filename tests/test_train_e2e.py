@@ -18,9 +18,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mil_cyto.checkpoint import load_model
+from mil_cyto.data.manifest import read_manifest
 from mil_cyto.data.synthetic import SynthConfig, generate_dataset
+from mil_cyto.features import BagStore
 from mil_cyto.labels import GRADES
-from mil_cyto.train import main
+from mil_cyto.models import MILModel
+from mil_cyto.train import main, stored_bags
 
 FAST = ["--epochs", "1", "--quiet", "--tile-size", "48", "--stride", "48", "--threads", "2"]
 
@@ -101,7 +104,6 @@ def test_run_folder_contract(tiny_data: Path, tmp_path: Path) -> None:
     model, recipe = load_model(run)
     assert recipe["tiling"]["tile_size"] == 48
     from mil_cyto.data.bags import load_bag
-    from mil_cyto.data.manifest import read_manifest
     from mil_cyto.data.tiling import TilingConfig
 
     row = next(r for r in read_manifest(tiny_data) if r.image_id == rows[0]["image"])
@@ -253,14 +255,11 @@ def test_help_lists_the_options() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 2 open: the default run (seed 0) meets the localization targets (grid "
-    "instance AUROC 0.930, pointing 0.944) and mean sensitivity (0.880) but its accuracy "
-    "(0.883) and mean specificity (0.939) miss by one photo (docs/cin1_gap.md, last section)",
-)
 def test_default_command_meets_the_targets(tmp_path: Path) -> None:
-    """The embedded default (built-in synthetic set, CPU) against the issue's targets."""
+    """The embedded default (built-in synthetic set, CPU, seed 0) against the issue's
+    targets. Measured on the 2-core AVX-512 machine: 0.933 / 0.931 / 0.964, grid instance
+    AUROC 0.916, pointing 0.944; other CPUs round differently and may land elsewhere
+    (over ten seeds there, 9 of 10 met all five; docs/cin1_gap.md)."""
     env = {**os.environ, "MIL_CYTO_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
     run = tmp_path / "run"
     result = subprocess.run(
@@ -301,7 +300,6 @@ def test_simclr_pretraining_then_frozen_features(tiny_data: Path, tmp_path: Path
     from mil_cyto.data.images import load_rgb
     from mil_cyto.data.tiling import extract_tiles
     from mil_cyto.encoders import create_encoder
-    from mil_cyto.features import BagStore
 
     run = tmp_path / "run"
     args = ["--data", str(tiny_data), "--out", str(run), "--mode", "frozen"]
@@ -401,10 +399,17 @@ def test_a_run_stopped_after_pretraining_does_not_pretrain_again(
     # and the self-trained one the same pretraining, first head and self-training only
     refined = {
         train_module._self_training_fingerprint(resolve_config({}, change), ids, val, tiling)
-        for change in ({}, {"refine_epochs": 2}, {"refine_top_k": 2}, {"lr": 1e-2}, {"seed": 1})
+        for change in (
+            {},
+            {"refine_epochs": 2},
+            {"refine_top_k": 2},
+            {"refine_rounds": 1},
+            {"lr": 1e-2},
+            {"seed": 1},
+        )
         for val in (["c.png"], ["d.png"])
     }
-    assert len(refined) == 10
+    assert len(refined) == 12
 
 
 def test_decoding_processes_train_the_same_model(tiny_data: Path, tmp_path: Path) -> None:
@@ -431,6 +436,7 @@ def test_pretrain_settings_are_checked() -> None:
         resolve_config({"pretrain": "byol"}, {})
     # self-training: on after self-supervised pretraining in frozen mode, else off
     assert resolve_config({}, {}).refine_epochs == 5
+    assert resolve_config({}, {}).refine_rounds == 2
     assert resolve_config({}, {"pretrain": "none"}).refine_epochs == 0
     assert resolve_config({}, {"mode": "finetune"}).refine_epochs == 0
     assert resolve_config({}, {"weights": "w.safetensors"}).refine_epochs == 0
@@ -507,6 +513,8 @@ def test_defaults_follow_the_documented_recipe() -> None:
         resolve_config({}, {"radial_rings": -1})
     assert resolve_config({}, {"mode": "finetune"}).epochs == 16
     assert d.refit and not resolve_config({}, {"mode": "finetune"}).refit
+    assert (d.heads, resolve_config({}, {"mode": "finetune"}).heads) == (3, 1)
+    assert resolve_config({}, {"heads": 1}).heads == 1
     assert not resolve_config({}, {"refit": False}).refit
     assert resolve_config({"mode": "finetune"}, {"epochs": 3}).epochs == 3
     assert resolve_config({}, {"weights": "w.safetensors"}).pretrain == "none"
@@ -516,3 +524,80 @@ def test_defaults_follow_the_documented_recipe() -> None:
     )
     assert resolve_config({}, {"tile_size": 96, "instances": "grid"}).stride == 96
     assert resolve_config({}, {"tile_size": 96, "stride": 48}).stride == 48
+
+
+def test_heads_are_fitted_apart_and_averaged(tiny_data: Path, tmp_path: Path) -> None:
+    """``--heads 2``: the first head is the one-head run's (same seed, same weights), the
+    second is fitted from seed + 1000 with its own epoch choice and refit; the saved model is
+    their ensemble, rebuilt from model.json, and its predictions are the ones written."""
+    from mil_cyto.models import HeadEnsemble
+    from mil_cyto.training import predict
+
+    runs = {}
+    for heads in ("1", "2"):
+        run = tmp_path / f"heads{heads}"
+        args = ["--data", str(tiny_data), "--out", str(run), "--pretrain-epochs", "1"]
+        assert main([*args, *FAST, "--epochs", "3", "--heads", heads]) == 0
+        runs[heads] = run
+    one = json.loads((runs["1"] / "metrics.json").read_text())["training"]
+    two = json.loads((runs["2"] / "metrics.json").read_text())["training"]
+    assert "members" not in one and len(two["members"]) == 2
+    assert two["members"][0] == {k: v for k, v in two.items() if k != "members"}
+    assert two["members"][1]["seed"] == 1000
+    assert "mean of 2 such heads from seeds 0, 1000" in (runs["2"] / "report.md").read_text()
+    for fitted in two["members"]:
+        assert fitted["refit"]["epochs"] == fitted["best_epoch"]
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in one["history"]]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in two["history"]]
+    a = load_file(str(runs["1"] / "model.safetensors"))
+    b = load_file(str(runs["2"] / "model.safetensors"))
+    for key, value in a.items():
+        if key.startswith("aggregator."):
+            member = key.replace("aggregator.", "aggregator.members.0.", 1)
+            assert torch.equal(value, b[member]), key
+    assert any(
+        not torch.equal(b[k], b[k.replace("members.0.", "members.1.")])
+        for k in b
+        if k.startswith("aggregator.members.0.")
+    )
+    model, recipe = load_model(runs["2"])
+    assert recipe["aggregator"]["members"] == 2
+    assert isinstance(model.aggregator, HeadEnsemble)
+    rows = list(csv.DictReader((runs["2"] / "predictions.csv").open()))
+    manifest = {r.image_id: r for r in read_manifest(tiny_data / "manifest.csv")}
+    bags = stored_bags(runs["2"] / "features.h5", [manifest[r["image"]] for r in rows])
+    pred = predict(MILModel(None, model.aggregator), bags, torch.device("cpu"))
+    written = np.array([[float(r[f"p_{g}"]) for g in GRADES] for r in rows])
+    np.testing.assert_allclose(pred.probs, written, atol=1e-4)
+
+
+def test_refine_rounds_self_train_again(tiny_data: Path, tmp_path: Path) -> None:
+    """Two self-training rounds by default: the first is the whole of a one-round run
+    (``--refine-rounds 1``); in the second a new head labels the instances by the refined
+    encoder's features and the encoder trains again. metrics.json keeps each round."""
+    records = {}
+    for rounds in ("1", "2"):
+        run = tmp_path / rounds
+        args = ["--data", str(tiny_data), "--out", str(run), "--pretrain-epochs", "1"]
+        assert main([*args, *FAST, "--refine-rounds", rounds]) == 0
+        records[rounds] = json.loads((run / "metrics.json").read_text())["self_training"]
+        with BagStore(run / "features.h5") as store:
+            assert store.provenance["pretrained_sha256"] == records[rounds]["encoder_sha256"]
+    one, two = records["1"], records["2"]
+    assert "rounds" not in one and len(two["rounds"]) == 2
+    assert two["rounds"][0] == {k: v for k, v in one.items() if k != "encoder_sha256"}
+    assert two["loss_per_epoch"] == two["rounds"][1]["loss_per_epoch"]
+    assert two["rounds"][1]["loss_per_epoch"] != one["loss_per_epoch"]
+    assert two["encoder_sha256"] != one["encoder_sha256"]
+
+
+def test_heads_and_rounds_are_checked() -> None:
+    from mil_cyto.config import resolve_config
+    from mil_cyto.errors import MilCytoError
+
+    with pytest.raises(MilCytoError, match="--heads 0"):
+        resolve_config({}, {"heads": 0})
+    with pytest.raises(MilCytoError, match="--heads > 1 needs --mode frozen"):
+        resolve_config({}, {"heads": 2, "mode": "finetune"})
+    with pytest.raises(MilCytoError, match="--refine-rounds >= 1"):
+        resolve_config({}, {"refine_rounds": 0})

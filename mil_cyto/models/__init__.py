@@ -6,6 +6,7 @@ Importing this package registers every aggregator: ``abmil``, ``gated_abmil``, `
 
 from mil_cyto.models import clam, dsmil, pooling, transmil  # noqa: F401  (registration)
 from mil_cyto.models.aggregators import AGGREGATORS, MILOutput, create_aggregator
+from mil_cyto.models.ensemble import HeadEnsemble
 from mil_cyto.models.mil_model import MILModel, pad_bags
 
-__all__ = ["AGGREGATORS", "MILModel", "MILOutput", "create_aggregator", "pad_bags"]
+__all__ = ["AGGREGATORS", "HeadEnsemble", "MILModel", "MILOutput", "create_aggregator", "pad_bags"]
