@@ -51,7 +51,7 @@ from mil_cyto.models import MILModel, create_aggregator
 from mil_cyto.models.aggregators import INSTANCE_ATTENTION_HEADS
 from mil_cyto.models.ensemble import HeadEnsemble
 from mil_cyto.pretrain import PretrainConfig, pretrain_encoder
-from mil_cyto.refine import RefineConfig, self_train
+from mil_cyto.refine import PseudoLabels, RefineConfig, self_train
 from mil_cyto.reporting import (
     plot_attention_examples,
     plot_confusion,
@@ -265,7 +265,7 @@ def _self_train(
     rounds = []
     for round_index in range(config.refine_rounds):
         head = create_head(config, encoder.out_dim)
-        seed = config.seed + 1000 * round_index  # round 1: the run's seed
+        seed = _derived_seed(config, round_index)
         settings = RefineConfig(config.refine_epochs, config.refine_top_k, seed=seed)
         record, pseudo = self_train(
             encoder,
@@ -279,19 +279,27 @@ def _self_train(
             progress=progress,
         )
         if boxes is not None:
-            positive = pseudo.labels.numpy() > 0
-            hits = [
-                centres_in_boxes(
-                    train_tiled[p].coords[[i]], boxes.get(train_tiled[p].image_id, [])
-                )[0]
-                for p, i in zip(pseudo.photo[positive], pseudo.instance[positive], strict=True)
-            ]
-            record["pseudo_abnormal_on_atypical_cells"] = float(np.mean(hits)) if hits else None
+            record["pseudo_abnormal_on_atypical_cells"] = _share_on_atypical_cells(
+                pseudo, train_tiled, boxes
+            )
         rounds.append(record)
     record = {**rounds[-1], "encoder_sha256": weights_digest(encoder)}
     if len(rounds) > 1:
         record["rounds"] = rounds
     return record
+
+
+def _share_on_atypical_cells(
+    pseudo: PseudoLabels, train_tiled: list[Any], boxes: dict[str, np.ndarray]
+) -> float | None:
+    """The share of pseudo-abnormal instances whose centre lies in an atypical cell's box of
+    their photo (a diagnostic from ``cells.csv``; never used to train); None without any."""
+    positive = pseudo.labels.numpy() > 0
+    hits = [
+        centres_in_boxes(train_tiled[p].coords[[i]], boxes.get(train_tiled[p].image_id, []))[0]
+        for p, i in zip(pseudo.photo[positive], pseudo.instance[positive], strict=True)
+    ]
+    return float(np.mean(hits)) if hits else None
 
 
 def head_kwargs(config: TrainConfig) -> dict[str, Any]:
@@ -430,25 +438,26 @@ def run_training(config: TrainConfig, *, progress: bool = True) -> tuple[Path, d
         timing["feature extraction"] = time.perf_counter() - step
 
     train_bags, val_bags, test_bags = split.take(bags)
-    members = []
+    heads, records = [], []
     timing["training"] = 0.0
+    cuda = [torch.cuda.current_device()] if device.type == "cuda" else []
     for index in range(config.heads):
-        # member 0: the head built above; member k: its own seed for init and dropout, so it
-        # is the same head whatever came before it
-        cuda = [torch.cuda.current_device()] if device.type == "cuda" else []
+        # head 0: the one built above; head k: its own seed for init and dropout, so it is
+        # the same head whatever came before it
         with torch.random.fork_rng(devices=cuda):
             if index > 0:
-                torch.manual_seed(_member_seed(config, index))
+                torch.manual_seed(_derived_seed(config, index))
                 model = MILModel(model.encoder, create_head(config, encoder.out_dim))
-            model, member, seconds = _fit_head(
+            model, record, seconds = _fit_head(
                 model, train_bags, val_bags, config, index, run_dir, device, ctx, progress
             )
-        members.append((model.aggregator, member))
+        heads.append(model.aggregator)
+        records.append(record)
         timing["training"] += seconds
-    training = dict(members[0][1])
-    if len(members) > 1:
-        model = MILModel(model.encoder, HeadEnsemble([head for head, _ in members]))
-        training["members"] = [member for _, member in members]
+    training = dict(records[0])  # a copy: it gains the list that holds records[0]
+    if len(heads) > 1:
+        model = MILModel(model.encoder, HeadEnsemble(heads))
+        training["members"] = records
     if not ctx.is_main:  # rank 0 alone tests and writes the run folder
         return run_dir, {}
 
@@ -521,8 +530,9 @@ def _example_photos(
     return items
 
 
-def _member_seed(config: TrainConfig, index: int) -> int:
-    """The seed of the ``index``-th head of an ensemble (``--heads``); 0: the run's seed."""
+def _derived_seed(config: TrainConfig, index: int) -> int:
+    """The seed of the ``index``-th self-training round (``--refine-rounds``) or ensemble head
+    (``--heads``), counted from 0, which takes the run's seed."""
     return config.seed + 1000 * index
 
 
@@ -544,7 +554,7 @@ def _fit_head(
     A killed run, rerun with the same ``--out``, resumes (each head in a folder of its own).
     """
     folder = run_dir / RESUME_DIR / (f"head-{index}" if index else "")
-    seed = _member_seed(config, index)
+    seed = _derived_seed(config, index)
     fit_config = create_fit_config(config, seed=seed, resume_dir=str(folder))
     untrained = copy.deepcopy(model.aggregator) if config.refit else None
     desc = f"training head {index + 1}/{config.heads}" if config.heads > 1 else "training"

@@ -21,16 +21,17 @@ from mil_cyto.checkpoint import (
 )
 from mil_cyto.encoders import EncoderSpec
 from mil_cyto.errors import MilCytoError
-from mil_cyto.models import MILModel
+from mil_cyto.models import HeadEnsemble, MILModel
 
 
-def _recipe(width: int = 4) -> dict[str, Any]:
+def _recipe(width: int = 4, members: int = 1) -> dict[str, Any]:
     return model_recipe(
         EncoderSpec("smallcnn", kwargs={"width": width, "out_dim": 12}),
         "gated_abmil",
         {"hidden_dim": 16, "attention_dim": 8},
         in_dim=12,
         tiling={"tile_size": 32, "stride": 32, "min_tissue": 0.05},
+        members=members,
     )
 
 
@@ -185,3 +186,26 @@ def test_save_leaves_no_temporary_files_and_overwrites(saved: tuple[Path, MILMod
     assert sorted(p.name for p in run.iterdir()) == ["model.json", "model.safetensors"]
     loaded, _ = load_model(run)
     assert state_equal(other, loaded)
+
+
+def test_head_ensemble_round_trips_through_the_run_folder(tmp_path: Path) -> None:
+    """``--heads``: the recipe names the member count (one head: no key, the recipe of old)
+    and the ensemble reloads with identical weights and outputs."""
+    assert "members" not in _recipe()["aggregator"]
+    torch.manual_seed(0)
+    model = build_model(_recipe(members=3)).eval()
+    assert isinstance(model.aggregator, HeadEnsemble) and len(model.aggregator.members) == 3
+    save_model(tmp_path, model, _recipe(members=3))
+    loaded, recipe = load_model(tmp_path)
+    assert recipe["aggregator"]["members"] == 3
+    assert state_equal(model, loaded)
+    tiles = [torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)]
+    with torch.no_grad():
+        assert torch.equal(model.forward_tiles(tiles).logits, loaded.forward_tiles(tiles).logits)
+
+
+def test_ensemble_weights_under_a_one_head_recipe_are_refused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    save_model(tmp_path, build_model(_recipe(members=2)), _recipe())
+    with pytest.raises(MilCytoError, match="does not match the architecture"):
+        load_model(tmp_path)
