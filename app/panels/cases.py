@@ -45,8 +45,8 @@ def cases_page(run: Run) -> None:
                 "patient": c.get("patient_id", ""),
                 "truth": c["label"],
                 "predicted": c["pred"],
-                **{f"P({g})": round(c[f"p_{g}"], 3) for g in GRADES},
-                "suspicion": round(c["suspicion"], 3),
+                **{f"P({g})": round(c[f"p_{g}"], 2) for g in GRADES},
+                "suspicion": round(c["suspicion"], 2),
                 "right": "yes" if c["correct"] else "no",
             }
             for c in cases

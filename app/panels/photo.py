@@ -62,7 +62,7 @@ def _probabilities(case: PhotoCase) -> str:
     if case.truth is not None:
         verdict = "right" if pred == case.truth else "**wrong**"
         line += f", truth **{case.truth}** ({verdict})"
-    probs = " · ".join(f"P({g}) {p:.3f}" for g, p in zip(GRADES, case.probs, strict=True))
+    probs = " · ".join(f"P({g}) {p:.2f}" for g, p in zip(GRADES, case.probs, strict=True))
     return f"{line} · {probs}"
 
 
@@ -279,16 +279,22 @@ def _save_mark(case: PhotoCase, choices: list[tuple[str, tuple[int, int, int, in
         return
     target, box, label = choices[st.session_state["mark_target"]]
     verdict = st.session_state["mark_value"]
+    reviewer = str(st.session_state.get("reviewer", "")).strip()
+    if not reviewer:
+        st.session_state["mark_message"] = (
+            "error",
+            "type your name in the sidebar (reviewer) first: marks are kept per reviewer",
+        )
+        return
     try:
         if verdict == "remove":
-            remove_mark(case.marks_file, (case.key, *box))
-            st.session_state["mark_message"] = ("ok", f"removed the mark on {label}")
+            remove_mark(case.marks_file, (reviewer, case.key, *box))
+            st.session_state["mark_message"] = ("ok", f"removed {reviewer}'s mark on {label}")
         else:
-            reviewer = st.session_state.get("reviewer", "")
             save_mark(case.marks_file, Mark(case.key, *box, target, verdict, reviewer))
             st.session_state["mark_message"] = (
                 "ok",
-                f"saved: {label} = {verdict} in {case.marks_file}",
+                f"saved: {label} = {verdict} by {reviewer} in {case.marks_file}",
             )
     except MilCytoError as err:
         st.session_state["mark_message"] = ("error", str(err))

@@ -4,18 +4,24 @@ reviewer marks exported as cell annotations."""
 from __future__ import annotations
 
 import csv
+import math
+import re
 
 import streamlit as st
 
 from mil_cyto.errors import MilCytoError
 from mil_cyto.labels import GRADES
+from mil_cyto.review.agreement import agreement_table
 from mil_cyto.review.marks import (
     cells_csv_text,
     marks_as_cells,
+    marks_csv_text,
     marks_path,
     read_marks,
+    reviewers,
     write_cells_csv,
 )
+from mil_cyto.review.overlay import top_k
 from mil_cyto.review.runs import Run
 
 from . import cache
@@ -97,6 +103,14 @@ def _comparison(run: Run) -> None:
     st.dataframe(rows, hide_index=True)
 
 
+EVERYONE = "everyone"
+
+
+def _slug(name: str) -> str:
+    """A reviewer's name as a file-name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "unnamed"
+
+
 def _marks_export(run: Run) -> None:
     path = marks_path(run.path)
     try:
@@ -104,16 +118,57 @@ def _marks_export(run: Run) -> None:
     except MilCytoError as err:
         st.error(str(err))
         return
-    st.markdown(f"**Review marks**: {len(marks)} in `{path.name}`")
+    names = reviewers(marks)
+    st.markdown(
+        f"**Review marks**: {len(marks)} in `{path.name}`, by {len(names)} reviewer"
+        f"{'' if len(names) == 1 else 's'}"
+    )
     if not marks:
         return
     rows = cache.predictions(str(run.path), cache.stamp(run.path / "predictions.csv"))
-    cells = marks_as_cells(marks, {r["image"]: r["label"] for r in rows})
-    st.caption(f"{len(cells)} usable as cell annotations (unsure marks left out)")
-    c1, c2 = st.columns(2)
-    c1.download_button(
-        "Download as cells.csv", cells_csv_text(cells), "review_cells.csv", "text/csv"
+    who = st.selectbox(
+        "export the marks of",
+        [EVERYONE, *names],
+        format_func=lambda n: n or "(no name)",
+        key="export_reviewer",
     )
-    if c2.button("Write review_cells.csv into the run folder"):
-        write_cells_csv(run.path / "review_cells.csv", cells)
-        st.success(f"wrote {run.path / 'review_cells.csv'}")
+    chosen = marks if who == EVERYONE else [m for m in marks if m.reviewer == who]
+    suffix = "" if who == EVERYONE else f"_{_slug(who)}"
+    cells = marks_as_cells(chosen, {r["image"]: r["label"] for r in rows})
+    st.caption(f"{len(chosen)} marks, {len(cells)} usable as cell annotations (unsure left out)")
+    c1, c2, c3 = st.columns(3)
+    c1.download_button(
+        "Download as cells.csv", cells_csv_text(cells), f"review_cells{suffix}.csv", "text/csv"
+    )
+    c2.download_button(
+        "Download the marks", marks_csv_text(chosen), f"review_marks{suffix}.csv", "text/csv"
+    )
+    if c3.button(f"Write review_cells{suffix}.csv into the run folder"):
+        out = run.path / f"review_cells{suffix}.csv"
+        write_cells_csv(out, cells)
+        st.success(f"wrote {out}")
+    _agreement(run, marks)
+
+
+def _agreement(run: Run, marks: list) -> None:
+    k = int(st.session_state.get("topk", 8))
+    maps = cache.tile_maps(str(run.path), cache.stamp(run.path / "attention.h5"))
+    top = {name: tm.coords[top_k(tm.attention, k)] for name, tm in maps.items()}
+    table = agreement_table(marks, top, k=k)
+    st.markdown(
+        "**Agreement** (Cohen's kappa on the boxes both sides judged; the model calls a box "
+        f"atypical when its centre lies in one of the photo's top-{k} attention tiles)"
+    )
+    st.dataframe(
+        [
+            {
+                "between": r["between"],
+                "shared boxes": r["shared boxes"],
+                "agree": "-" if math.isnan(r["agree"]) else f"{r['agree']:.2f}",
+                "kappa": "-" if math.isnan(r["kappa"]) else f"{r['kappa']:.3f}",
+            }
+            for r in table
+        ],
+        hide_index=True,
+        key="agreement_table",
+    )

@@ -28,8 +28,18 @@ def upload_page(run: Run) -> None:
         f"{MAX_UPLOAD_PIXELS / 1e6:.0f} MP; grayscale and RGBA photos are converted to RGB. "
         f"It is tiled as `{run.name}` was trained and graded by its model."
     )
-    upload = st.file_uploader("photo", key="upload")
+    # the limit is set three times: server.maxUploadSize (.streamlit/config.toml: the server
+    # refuses a bigger body before reading it), the widget's own limit, and the size check
+    upload = st.file_uploader(
+        "photo", key="upload", max_upload_size=max(1, MAX_UPLOAD_BYTES // 2**20)
+    )
     if upload is None:
+        return
+    if upload.size > MAX_UPLOAD_BYTES:
+        st.error(
+            f"{upload.name} is {upload.size / 2**20:.1f} MB, above the "
+            f"{MAX_UPLOAD_BYTES / 2**20:.1f} MB limit; crop it into fields or save it as JPEG"
+        )
         return
     data = upload.getvalue()
     try:

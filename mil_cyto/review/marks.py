@@ -1,8 +1,11 @@
 """Reviewer marks on tiles or cells, kept in ``RUN/review_marks.csv``.
 
-Each save rewrites the whole file atomically under a lock, so a crash, a reload or a second
-reviewer's save never leaves a half-written file or loses a mark. Marks read back as rows
-of the ``cells.csv`` format (``image, x0, y0, x1, y1, grade, kind``) for evaluation.
+Marks are keyed by reviewer: two reviewers marking the same box keep one mark each. Each
+save is a read-modify-write of the whole file under an exclusive ``fcntl.flock`` on a lock
+file beside it (held across processes: several Streamlit servers or workers on one run
+folder serialise), and the new file replaces the old one by an atomic rename, so a reader
+never sees a half-written file and no concurrent save loses or mixes another's mark. Marks
+read back as rows of the ``cells.csv`` format (``image, x0, y0, x1, y1, grade, kind``).
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ class Mark:
     time: str = ""
 
     @property
-    def key(self) -> tuple[str, int, int, int, int]:
-        """One mark per box of a photo: a new mark on the same box replaces the old one."""
-        return (self.image, self.x0, self.y0, self.x1, self.y1)
+    def key(self) -> tuple[str, str, int, int, int, int]:
+        """``(reviewer, image, x0, y0, x1, y1)``: one mark per reviewer and box of a photo; a
+        reviewer's new mark on a box replaces their old one, never another reviewer's."""
+        return (self.reviewer, self.image, self.x0, self.y0, self.x1, self.y1)
 
     def check(self) -> None:
         if self.mark not in MARKS:
@@ -52,7 +56,7 @@ class Mark:
         if self.target not in TARGETS:
             raise MilCytoError(f"target {self.target!r} unknown; use one of {', '.join(TARGETS)}")
         if not (self.x1 > self.x0 and self.y1 > self.y0):
-            raise MilCytoError(f"mark box {self.key[1:]} is empty; x1 > x0 and y1 > y0 needed")
+            raise MilCytoError(f"mark box {self.key[2:]} is empty; x1 > x0 and y1 > y0 needed")
 
 
 def marks_path(run_dir: Path) -> Path:
@@ -116,7 +120,7 @@ def _write(path: Path, marks: Sequence[Mark]) -> None:
 
 
 def save_mark(path: Path, mark: Mark) -> list[Mark]:
-    """Add ``mark`` (replacing any mark on the same box) and return all marks.
+    """Add ``mark`` (replacing the same reviewer's mark on the same box) and return all marks.
 
     The time is stamped (UTC, ISO 8601) when ``mark.time`` is empty.
     """
@@ -131,8 +135,8 @@ def save_mark(path: Path, mark: Mark) -> list[Mark]:
     return marks
 
 
-def remove_mark(path: Path, key: tuple[str, int, int, int, int]) -> list[Mark]:
-    """Drop the mark on box ``key`` (image, x0, y0, x1, y1), if any; return the rest."""
+def remove_mark(path: Path, key: tuple[str, str, int, int, int, int]) -> list[Mark]:
+    """Drop the mark ``key`` (reviewer, image, x0, y0, x1, y1), if any; return the rest."""
     path = Path(path)
     with _locked(path):
         marks = read_marks(path)
@@ -180,6 +184,23 @@ def marks_as_cells(
             }
         )
     return rows
+
+
+def reviewers(marks: Sequence[Mark]) -> list[str]:
+    """The reviewers who left marks, sorted ("" for marks saved without a name)."""
+    return sorted({m.reviewer for m in marks})
+
+
+def marks_csv_text(marks: Sequence[Mark]) -> str:
+    """Marks as ``review_marks.csv`` text (for one reviewer's download)."""
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for mark in marks:
+        writer.writerow(asdict(mark))
+    return buffer.getvalue()
 
 
 def write_cells_csv(path: Path, rows: Sequence[Mapping[str, str | int]]) -> None:

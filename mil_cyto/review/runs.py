@@ -133,11 +133,12 @@ class Run:
             with h5py.File(path, "r") as handle:
                 for key in handle:
                     group = handle[key]
+                    height, width = group.attrs["size_hw"]
                     maps[str(group.attrs["image"])] = TileMap(
                         coords=group["coords"][()].astype(np.int64),
                         attention=group["attention"][()].astype(np.float64),
                         scores=group["scores"][()].astype(np.float64),
-                        size_hw=tuple(int(v) for v in group.attrs["size_hw"]),
+                        size_hw=(int(height), int(width)),
                     )
         except (OSError, KeyError) as err:
             raise MilCytoError(

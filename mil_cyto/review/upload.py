@@ -42,6 +42,75 @@ def _mb(n: float) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
 
+def _check_bytes(name: str, data: bytes, max_bytes: int) -> None:
+    """Refuse an empty upload or one above ``max_bytes`` bytes."""
+    if not data:
+        raise MilCytoError(f"{name} is empty; upload a PNG, JPEG or TIFF photo")
+    if len(data) > max_bytes:
+        raise MilCytoError(
+            f"{name} is {_mb(len(data))}, above the {_mb(max_bytes)} limit; "
+            "crop it into fields or save it as JPEG"
+        )
+
+
+def _open_image(name: str, data: bytes) -> Image.Image:
+    """The upload opened lazily by PIL (header read, pixels not yet decoded); a declared
+    decompression bomb, an unknown format or an unreadable header is refused."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise MilCytoError(
+            f"{name} refused as a possible decompression bomb ({err}); "
+            "upload a field photo, not a whole-slide image"
+        ) from None
+    except UnidentifiedImageError:
+        raise MilCytoError(
+            f"{name} is not an image PIL can read; upload a PNG, JPEG or TIFF photo"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise MilCytoError(f"{name} cannot be opened as an image ({err})") from None
+
+
+def _check_size(name: str, image: Image.Image, tile_size: int, max_pixels: int) -> None:
+    """Refuse a photo declaring more than ``MAX_IMAGE_PIXELS`` (a bomb) or ``max_pixels``
+    pixels, or smaller than one ``tile_size``-px tile."""
+    width, height = image.size
+    pixels = width * height
+    if pixels > MAX_IMAGE_PIXELS:
+        raise MilCytoError(
+            f"{name} declares {width}x{height} px ({pixels:,} pixels): refused as a "
+            "possible decompression bomb; upload a field photo"
+        )
+    if pixels > max_pixels:
+        raise MilCytoError(
+            f"{name} is {width}x{height} px ({pixels / 1e6:.0f} MP), above the "
+            f"{max_pixels / 1e6:.0f} MP limit; crop it into fields first"
+        )
+    if width < tile_size or height < tile_size:
+        raise MilCytoError(
+            f"{name} is {width}x{height} px, smaller than one {tile_size}-px tile of this "
+            "model; upload a larger field photo"
+        )
+
+
+def _decode_rgb(name: str, image: Image.Image) -> tuple[np.ndarray, list[str]]:
+    """The photo decoded as ``(H, W, 3)`` uint8 RGB, and a note when it was converted; a
+    damaged or truncated file is refused."""
+    try:
+        image.load()
+        notes = []
+        if image.mode != "RGB":
+            notes.append(f"converted from {image.mode} to RGB")
+        rgb = np.asarray(to_rgb(image), dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise MilCytoError(
+            f"{name} is damaged or truncated ({err}); re-export it as PNG or JPEG"
+        ) from None
+    return rgb, notes
+
+
 def check_upload(
     name: str,
     data: bytes,
@@ -59,56 +128,10 @@ def check_upload(
             decompression bomb (declares far more pixels than any photo), truncated, or
             smaller than one tile of ``tile_size`` px.
     """
-    if not data:
-        raise MilCytoError(f"{name} is empty; upload a PNG, JPEG or TIFF photo")
-    if len(data) > max_bytes:
-        raise MilCytoError(
-            f"{name} is {_mb(len(data))}, above the {_mb(max_bytes)} limit; "
-            "crop it into fields or save it as JPEG"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise MilCytoError(
-            f"{name} refused as a possible decompression bomb ({err}); "
-            "upload a field photo, not a whole-slide image"
-        ) from None
-    except UnidentifiedImageError:
-        raise MilCytoError(
-            f"{name} is not an image PIL can read; upload a PNG, JPEG or TIFF photo"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise MilCytoError(f"{name} cannot be opened as an image ({err})") from None
-    with image:
-        width, height = image.size
-        pixels = width * height
-        if pixels > MAX_IMAGE_PIXELS:
-            raise MilCytoError(
-                f"{name} declares {width}x{height} px ({pixels:,} pixels): refused as a "
-                "possible decompression bomb; upload a field photo"
-            )
-        if pixels > max_pixels:
-            raise MilCytoError(
-                f"{name} is {width}x{height} px ({pixels / 1e6:.0f} MP), above the "
-                f"{max_pixels / 1e6:.0f} MP limit; crop it into fields first"
-            )
-        if width < tile_size or height < tile_size:
-            raise MilCytoError(
-                f"{name} is {width}x{height} px, smaller than one {tile_size}-px tile of this "
-                "model; upload a larger field photo"
-            )
-        try:
-            image.load()
-            notes = []
-            if image.mode != "RGB":
-                notes.append(f"converted from {image.mode} to RGB")
-            rgb = np.asarray(to_rgb(image), dtype=np.uint8).copy()
-        except (OSError, SyntaxError, ValueError) as err:
-            raise MilCytoError(
-                f"{name} is damaged or truncated ({err}); re-export it as PNG or JPEG"
-            ) from None
+    _check_bytes(name, data, max_bytes)
+    with _open_image(name, data) as image:
+        _check_size(name, image, tile_size, max_pixels)
+        rgb, notes = _decode_rgb(name, image)
     return CheckedPhoto(name, rgb, notes)
 
 
