@@ -43,7 +43,8 @@ from mil_cyto.data.manifest import read_manifest
 from mil_cyto.data.tiling import TilingConfig, extract_tiles, tissue_coords
 from mil_cyto.devices import precision_name, resolve_device
 from mil_cyto.encoders import EncoderSpec, create_encoder
-from mil_cyto.features.extraction import DecodingProcesses, EncoderRunner
+from mil_cyto.features.decoding import DecodingProcesses
+from mil_cyto.features.extraction import EncoderRunner
 from mil_cyto.features.store import BagStore, extract_to_store
 
 

@@ -22,7 +22,9 @@ import torch
 from mil_cyto.config import TrainConfig, load_config_file, resolve_config
 from mil_cyto.data.manifest import read_manifest
 from mil_cyto.models import MILModel
-from mil_cyto.train import create_fit_config, create_head, resolve_data, stored_bags
+from mil_cyto.pipeline.data import resolve_data
+from mil_cyto.pipeline.features import stored_bags
+from mil_cyto.pipeline.recipe import create_fit_config, create_head
 from mil_cyto.training import FeatureBag, fit, seed_everything
 
 

@@ -36,7 +36,7 @@ from mil_cyto.config import TrainConfig
 from mil_cyto.data.splits import patient_folds
 from mil_cyto.metrics import classification_metrics
 from mil_cyto.models import MILModel, pad_bags
-from mil_cyto.train import create_fit_config, create_head
+from mil_cyto.pipeline.recipe import create_fit_config, create_head
 from mil_cyto.training import FeatureBag, fit, predict
 
 N_BAGS, N_PATIENTS, DIM = 2619, 550, 512

@@ -44,7 +44,8 @@ from mil_cyto.labels import GRADES
 from mil_cyto.localization import localization_metrics, read_cell_boxes, read_cells
 from mil_cyto.metrics import classification_metrics
 from mil_cyto.models import MILModel, create_aggregator
-from mil_cyto.train import create_fit_config, create_head, resolve_data
+from mil_cyto.pipeline.data import resolve_data
+from mil_cyto.pipeline.recipe import create_fit_config, create_head
 from mil_cyto.training import FeatureBag, FitConfig, fit, predict, seed_everything
 
 Crops = dict[str, tuple[torch.Tensor, torch.Tensor]]

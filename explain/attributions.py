@@ -26,6 +26,7 @@ from captum.attr import (
 from torch import nn
 
 from mil_cyto.data.tiling import paint_tiles
+from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.models.mil_model import MILModel
 from mil_cyto.registry import Registry
@@ -152,13 +153,19 @@ class AggregatorLogits(nn.Module):
 
 
 def _require_tiles(photo: PhotoInput, method: str) -> torch.Tensor:
-    if photo.tiles is None or photo.model.encoder is None:
+    return _pixels_and_encoder(photo, method)[0]
+
+
+def _pixels_and_encoder(photo: PhotoInput, method: str) -> tuple[torch.Tensor, TileEncoder]:
+    """The photo's tiles and the model's tile encoder, which pixel methods need."""
+    encoder = photo.model.encoder
+    if photo.tiles is None or encoder is None:
         raise MilCytoError(
             f"{method} works on pixels, but this model has no tile encoder (features only); "
             "load it with mil_cyto.checkpoint.load_model(run_dir), which rebuilds the encoder "
             "from model.json, or use a tile-level method (attention, instance_head)"
         )
-    return photo.tiles
+    return photo.tiles, encoder
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -308,8 +315,8 @@ def find_layer(encoder: nn.Module, name: str | None = None) -> nn.Module:
 def _layer_gradcam(photo: PhotoInput, target: int, s: AttributionSettings) -> TileAttribution:
     """Grad-CAM on the backbone's last conv layer (ReLU'd, upsampled bilinearly to the tile);
     the tile score is the map's mean over the tile."""
-    tiles = _require_tiles(photo, "layer_gradcam")
-    layer = find_layer(photo.model.encoder, s.gradcam_layer)
+    tiles, encoder = _pixels_and_encoder(photo, "layer_gradcam")
+    layer = find_layer(encoder, s.gradcam_layer)
     cam = LayerGradCam(BagLogits(photo.model, s.chunk), layer).attribute(
         tiles[None], target=target, relu_attributions=True
     )  # (N, 1, h, w): the layer sees the N tiles as its batch

@@ -55,8 +55,8 @@ def tile_curves(
     padded, mask = pad_bags(deleted + inserted)
     model.eval()
     probs = torch.softmax(model.aggregator(padded, mask).logits.float(), dim=1)[:, target]
-    probs = probs.cpu().numpy()
-    return Curves(fractions, probs[:n_points], probs[n_points:])
+    curve = probs.cpu().numpy()
+    return Curves(fractions, curve[:n_points], curve[n_points:])
 
 
 def faithfulness(

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 
 from explain.attributions import (
     AttributionSettings,
+    PhotoInput,
+    TileAttribution,
     attribute_tiles,
     list_methods,
     photo_input,
@@ -166,6 +168,97 @@ def _stored(path: Path, fingerprint: str) -> dict[str, np.ndarray]:
     return stored if str(stored.get("fingerprint", "")) == fingerprint else {}
 
 
+@dataclass
+class _Photo:
+    """One test photo cut as the run was: ``photo`` ``(H, W, 3)`` uint8, instance
+    ``centres`` ``(N, 2)`` and ``coords`` ``(N, 4)``, the model's ``prepared`` input; its
+    nuclei are found on first need (``nuclei_cpu``: the detector's CPU seconds)."""
+
+    photo: np.ndarray
+    centres: np.ndarray
+    coords: np.ndarray
+    prepared: PhotoInput
+    nuclei: Nuclei | None = None
+    nuclei_cpu: float = 0.0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` in pixels."""
+        height, width = self.photo.shape[:2]
+        return height, width
+
+    def found_nuclei(self) -> Nuclei:
+        """The photo's nuclei, detected once (on the first call)."""
+        if self.nuclei is None:
+            clock = time.process_time()
+            self.nuclei = find_nuclei(self.photo)
+            self.nuclei_cpu = time.process_time() - clock
+        return self.nuclei
+
+
+def _class_probs(model: MILModel, prepared: PhotoInput) -> np.ndarray:
+    """The model's class probabilities ``(C,)`` for one photo."""
+    with torch.no_grad():
+        probs = torch.softmax(model.aggregator(prepared.features[None]).logits[0], 0)
+    return probs.cpu().numpy()
+
+
+def _heat_and_detections(
+    attr: TileAttribution, photo: _Photo, tiling: TilingConfig, max_detections: int
+) -> tuple[np.ndarray, Detections]:
+    """A method's ``(H, W)`` heat map and its suspect-cell detections: nucleus crops at their
+    nuclei, pixel maps' peaks moved to nuclei, tile maps' tiles ranked with nuclei tied."""
+    size, coords, tile = photo.size, photo.coords, tiling.tile_size
+    if attr.pixel is None and tiling.instances == "cells":  # each instance is a nucleus already
+        heat = tile_heatmap(size, coords, attr.tile)
+        dets = instance_detections(photo.centres, coords, attr.across_photos, max_detections)
+        return heat, dets
+    nuclei = photo.found_nuclei()
+    if attr.pixel is not None:
+        heat = pixel_heatmap(size, coords, attr.pixel)
+        dets = detect_cells(heat, nuclei, sigma=4.0, radius=tile / 3, max_detections=max_detections)
+    else:  # constant per tile: peaks at tile centres, nuclei tie within a tile
+        heat = tile_heatmap(size, coords, attr.tile)
+        ranked = heat if attr.pooled is None else tile_heatmap(size, coords, attr.pooled)
+        dets = tile_map_detections(ranked, nuclei, tile, max_detections)
+    return heat, dets
+
+
+def _explain_method(
+    inputs: RunInputs,
+    image_id: str,
+    photo: _Photo,
+    method: str,
+    target: int,
+    config: ExplainConfig,
+) -> tuple[dict[str, np.ndarray], np.ndarray, Detections]:
+    """One method on one photo: its stored arrays (``<method>.tile``, ``.pooled``, ``.map``,
+    ``.detections``, ``.cpu_s``, ``.faithfulness``), heat map and detections."""
+    clock = time.process_time()
+    with _seeded(f"{image_id}/{method}"):
+        attr = attribute_tiles(inputs.model, photo.prepared, method, target, config.settings)
+    cpu = time.process_time() - clock
+    heat, dets = _heat_and_detections(attr, photo, inputs.tiling, config.max_detections)
+    faith = faithfulness(inputs.model, photo.prepared.features, attr.tile, target)
+    arrays = {f"{method}.tile": attr.tile}
+    if attr.pooled is not None:
+        arrays[f"{method}.pooled"] = attr.pooled
+    arrays[f"{method}.map"] = downsample(heat, config.map_scale)
+    arrays[f"{method}.detections"] = dets.to_array()
+    arrays[f"{method}.cpu_s"] = np.array(cpu)
+    arrays[f"{method}.faithfulness"] = np.array([faith[k] for k in FAITH_KEYS])
+    return arrays, heat, dets
+
+
+def _overlay_title(row: ManifestRow, probs: np.ndarray, target: int) -> str:
+    """The overlay's title: photo, true grade, class probabilities, explained grade."""
+    return (
+        f"{row.image_id}: true {GRADES[row.label]}, "
+        + ", ".join(f"p {g} {p:.2f}" for g, p in zip(GRADES, probs, strict=True))
+        + f"; explaining {GRADES[target]}"
+    )
+
+
 def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) -> dict[str, Any]:
     """Every requested method on one photo; reuses and extends its stored results."""
     out_dir = inputs.run_dir / "explain"
@@ -175,19 +268,12 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
     overlay = out_dir / "overlays" / f"{safe_name(row.image_id)}.png"
     if not todo and (overlay.is_file() or not config.overlays):
         return result
-    photo = load_rgb(row.image, hint=f"test photo {row.image_id!r}")
-    centres, coords = instance_centres(photo, inputs.tiling, name=str(row.image))
-    tiles = extract_tiles(photo, coords)
-    size = photo.shape[:2]
-    model = inputs.model
-    prepared = photo_input(model, tiles)
-    with torch.no_grad():
-        probs = torch.softmax(model.aggregator(prepared.features[None]).logits[0], 0)
-    probs_np = probs.cpu().numpy()
+    image = load_rgb(row.image, hint=f"test photo {row.image_id!r}")
+    centres, coords = instance_centres(image, inputs.tiling, name=str(row.image))
+    prepared = photo_input(inputs.model, extract_tiles(image, coords))
+    photo = _Photo(image, centres, coords, prepared)
+    probs_np = _class_probs(inputs.model, prepared)
     target = choose_target(probs_np, row.label, config.target)
-    cells = inputs.tiling.instances == "cells"
-    nuclei: Nuclei | None = None
-    nuclei_cpu = 0.0
     result.update(
         fingerprint=np.array(config.fingerprint(inputs.tiling)),
         image=np.array(row.image_id),
@@ -195,51 +281,19 @@ def explain_photo(inputs: RunInputs, row: ManifestRow, config: ExplainConfig) ->
         target=np.array(target),
         probs=probs_np.astype(np.float32),
         coords=coords.astype(np.int32),
-        size_hw=np.array(size),
+        size_hw=np.array(photo.size),
     )
-    tile = inputs.tiling.tile_size
     panels = []
     for method in config.methods:
-        clock = time.process_time()
-        with _seeded(f"{row.image_id}/{method}"):
-            attr = attribute_tiles(model, prepared, method, target, config.settings)
-        cpu = time.process_time() - clock
-        if attr.pixel is None and cells:  # each instance is a detected nucleus already
-            heat = tile_heatmap(size, coords, attr.tile)
-            dets = instance_detections(centres, coords, attr.across_photos, config.max_detections)
-        else:
-            if nuclei is None:
-                clock = time.process_time()
-                nuclei = find_nuclei(photo)
-                nuclei_cpu = time.process_time() - clock
-            if attr.pixel is not None:
-                heat = pixel_heatmap(size, coords, attr.pixel)
-                dets = detect_cells(
-                    heat, nuclei, sigma=4.0, radius=tile / 3, max_detections=config.max_detections
-                )
-            else:  # constant per tile: peaks at tile centres, nuclei tie within a tile
-                heat = tile_heatmap(size, coords, attr.tile)
-                ranked = heat if attr.pooled is None else tile_heatmap(size, coords, attr.pooled)
-                dets = tile_map_detections(ranked, nuclei, tile, config.max_detections)
-        faith = faithfulness(model, prepared.features, attr.tile, target)
-        result[f"{method}.tile"] = attr.tile
-        if attr.pooled is not None:
-            result[f"{method}.pooled"] = attr.pooled
-        result[f"{method}.map"] = downsample(heat, config.map_scale)
-        result[f"{method}.detections"] = dets.to_array()
-        result[f"{method}.cpu_s"] = np.array(cpu)
-        result[f"{method}.faithfulness"] = np.array([faith[k] for k in FAITH_KEYS])
+        arrays, heat, dets = _explain_method(inputs, row.image_id, photo, method, target, config)
+        result.update(arrays)
         panels.append((method, heat, dets.boxes[:5]))
-    result["nuclei_cpu_s"] = np.array(nuclei_cpu)
+    result["nuclei_cpu_s"] = np.array(photo.nuclei_cpu)
     _save_npz(npz, result)
     if config.overlays:
         truth = (inputs.boxes or {}).get(row.image_id)
-        title = (
-            f"{row.image_id}: true {GRADES[row.label]}, "
-            + ", ".join(f"p {g} {p:.2f}" for g, p in zip(GRADES, probs_np, strict=True))
-            + f"; explaining {GRADES[target]}"
-        )
-        save_overlay(overlay, photo, panels, truth, title=title, how=config.norm)
+        title = _overlay_title(row, probs_np, target)
+        save_overlay(overlay, image, panels, truth, title=title, how=config.norm)
     return result
 
 
@@ -266,8 +320,13 @@ def _seeded(key: str) -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
-def _mean(values: Sequence[float]) -> float | None:
+def _mean(values: Sequence[float] | np.ndarray) -> float | None:
     return float(np.mean(values)) if len(values) else None
+
+
+def _size_hw(value: Sequence[int]) -> tuple[int, int]:
+    height, width = value
+    return int(height), int(width)
 
 
 def summarise(
@@ -282,7 +341,7 @@ def summarise(
     images = [str(r["image"]) for r in results]
     abnormal = [str(r["image"]) for r in results if int(r["label"]) > 0]
     coords = {str(r["image"]): r["coords"] for r in results}
-    sizes = {str(r["image"]): tuple(int(v) for v in r["size_hw"]) for r in results}
+    sizes = {str(r["image"]): _size_hw(r["size_hw"]) for r in results}
     out: dict[str, Any] = {}
     for m in methods:
         entry: dict[str, Any] = {}

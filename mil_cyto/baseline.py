@@ -11,12 +11,11 @@ measured for baselines too. See ``--help``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,15 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from mil_cyto import __version__
+from mil_cyto.calibration import probability_metrics
+from mil_cyto.cli.options import (
+    device_option,
+    option,
+    out_option,
+    seed_option,
+    threads_option,
+    workers_option,
+)
 from mil_cyto.data.images import load_rgb
 from mil_cyto.data.manifest import ManifestRow, read_manifest
 from mil_cyto.data.splits import Split, fixed_split, train_val_test_split
@@ -54,32 +62,49 @@ from mil_cyto.training import Predictions, seed_everything
 
 @dataclass
 class BaselineConfig:
-    """A whole-image baseline run; defaults follow the reference study where it says."""
+    """A whole-image baseline run; defaults follow the reference study where it says. Each
+    field is a flag of ``mil-cyto baseline`` (``--field-name``)."""
 
-    arch: str = "densenet121"
-    data: str | None = None
-    out: str | None = None
-    label_column: str | None = None
-    cells: str | None = None
-    weights: str | None = None  # local weights file (never downloaded)
-    weights_cache: str | None = None
-    size: int = 512  # the study's input side
-    epochs: int = 300  # the study's
-    batch_size: int = 8
-    lr: float = 0.01  # the study's initial learning rate
-    lr_decay: float = 0.98  # per-epoch exponential decay (the study does not give its rate)
-    weight_decay: float = 0.01
-    class_weights: bool = False  # the study used plain cross-entropy
-    augment: bool = True  # random flips
-    tile_size: int = 96  # tiles over which Grad-CAM is pooled (as the MIL default)
-    stride: int = 96
-    min_tissue: float = 0.05
-    seed: int = 0
-    split_seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA; no effect on CPU
-    workers: int = 2
-    threads: int = 0
+    arch: str = option("densenet121", help=f"{', '.join(STUDY_ARCHS)} or any timm model name")
+    data: str | None = option(
+        None, help="folder with manifest.csv", default_help="the built-in synthetic set"
+    )
+    out: str | None = out_option("run folder", default_help="runs/<arch>-<timestamp>")
+    label_column: str | None = option(
+        None,
+        help="grade column to learn: histology, cytology or label",
+        default_help="the first of histology, cytology, label that the manifest has",
+    )
+    cells: str | None = option(
+        None, help="cell annotations CSV for localization", default_help="DATA/cells.csv"
+    )
+    weights: str | None = option(
+        None, help="local weights file (safetensors or state dict); never downloaded"
+    )
+    weights_cache: str | None = option(
+        None, help="existing Hugging Face cache folder holding the weights"
+    )
+    size: int = option(512, help="input side the photos are squashed to (the study's)")
+    epochs: int = option(300, help="training epochs (the study's)")
+    batch_size: int = option(8, help="photos per optimisation step")
+    lr: float = option(0.01, help="initial learning rate (the study's)")
+    lr_decay: float = option(
+        0.98, help="per-epoch exponential decay of the learning rate (the study gives none)"
+    )
+    weight_decay: float = option(0.01, help="AdamW weight decay")
+    class_weights: bool = option(
+        False, help="weight the loss by inverse class frequency (the study: plain cross-entropy)"
+    )
+    augment: bool = option(True, help="random flips")
+    tile_size: int = option(96, help="side of the tiles over which Grad-CAM is pooled, px")
+    stride: int = option(96, help="their grid stride in pixels")
+    min_tissue: float = option(0.05, help="minimum tissue share of a scored tile")
+    seed: int = seed_option("training seed")
+    split_seed: int = option(0, help="seed of the patient split")
+    device: str = device_option()
+    amp: bool = option(True, help="bf16 autocast on CUDA; no effect on CPU")
+    workers: int = workers_option()
+    threads: int = threads_option()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +115,7 @@ def load_resized(rows: list[ManifestRow], size: int, workers: int = 2) -> torch.
 
     def one(row: ManifestRow) -> np.ndarray:
         image = Image.fromarray(load_rgb(row.image, hint=f"manifest row {row.image_id!r}"))
-        return np.asarray(image.resize((size, size), Image.BILINEAR))
+        return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         arrays = list(pool.map(one, rows))
@@ -209,6 +234,78 @@ def _run_dir(out: str | None, arch: str) -> Path:
     return path
 
 
+def _rows_and_split(
+    config: BaselineConfig, data_dir: Path, rows: list[ManifestRow] | None, split: Split | None
+) -> tuple[list[ManifestRow], Split]:
+    """The rows and split as given, else the manifest's rows and its ``split`` column, else
+    the patient-disjoint split seeded by ``config.split_seed``."""
+    if rows is None:
+        rows = read_manifest(data_dir / "manifest.csv", label_column=config.label_column)
+    if split is None:  # the manifest's 'split' column, else the patient-disjoint split
+        split = fixed_split([r.split for r in rows], where=str(data_dir / "manifest.csv"))
+    if split is None:
+        split = train_val_test_split(
+            [r.label for r in rows], [r.patient_id for r in rows], seed=config.split_seed
+        )
+    return rows, split
+
+
+def _cell_boxes(config: BaselineConfig, data_dir: Path) -> dict[str, np.ndarray] | None:
+    """Atypical cell boxes for localization (``--cells``, else DATA/cells.csv), or None."""
+    cells_path = Path(config.cells) if config.cells else data_dir / "cells.csv"
+    return read_cell_boxes(cells_path) if cells_path.is_file() else None
+
+
+def _write_setup(
+    run_dir: Path, config: BaselineConfig, data_dir: Path, rows: list[ManifestRow], split: Split
+) -> dict[str, Any]:
+    """Write ``config.json`` (the resolved settings, returned) and ``splits.json`` (photo
+    ids of each part)."""
+    resolved = {**config.to_dict(), "timm_name": timm_name(config.arch)}
+    resolved.update(data_resolved=str(data_dir), mil_cyto_version=__version__)
+    write_json(run_dir / "config.json", resolved)
+    write_json(
+        run_dir / "splits.json",
+        {k: [rows[i].image_id for i in getattr(split, k)] for k in ("train", "val", "test")},
+    )
+    return resolved
+
+
+def _test_metrics(
+    pred: Predictions,
+    training: dict[str, Any],
+    test_rows: list[ManifestRow],
+    coords: dict[str, np.ndarray],
+    boxes: dict[str, np.ndarray] | None,
+) -> dict[str, Any]:
+    """Classification, calibration (temperature 1), training history and, when cell boxes
+    exist, localization of the Grad-CAM tile shares on the test photos."""
+    metrics = classification_metrics(pred.labels, pred.preds)
+    metrics["calibration"] = {**probability_metrics(pred.probs, pred.labels), "temperature": 1.0}
+    metrics["training"] = training
+    if boxes is not None:
+        abnormal = [r.image_id for r in test_rows if r.label > 0]
+        relative = {i: a * len(a) for i, a in zip(pred.image_ids, pred.attention, strict=True)}
+        metrics["localization"] = localization_metrics(coords, relative, boxes, abnormal)
+        metrics["localization"]["score"] = "Grad-CAM share x tiles (1 = uniform)"
+    return metrics
+
+
+def _save_model(run_dir: Path, model: WholeImageCNN, config: BaselineConfig) -> None:
+    """Write ``model.safetensors`` (the weights) and ``model.json`` (how to rebuild it)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "mil-cyto-whole-image/1"})
+    recipe = {
+        "format": "mil-cyto-whole-image/1",
+        "arch": config.arch,
+        "timm_name": timm_name(config.arch),
+        "classes": list(GRADES),
+        "size": config.size,
+    }
+    write_json(run_dir / "model.json", recipe)
+
+
 def run_baseline(
     config: BaselineConfig,
     *,
@@ -229,27 +326,13 @@ def run_baseline(
     seed_everything(config.seed)
     device = resolve_device(config.device)
     from mil_cyto.config import TrainConfig
-    from mil_cyto.train import resolve_data
+    from mil_cyto.pipeline.data import resolve_data
 
     data_dir = resolve_data(TrainConfig(data=config.data, workers=config.workers), progress)
-    if rows is None:
-        rows = read_manifest(data_dir / "manifest.csv", label_column=config.label_column)
-    if split is None:  # the manifest's 'split' column, else the patient-disjoint split
-        split = fixed_split([r.split for r in rows], where=str(data_dir / "manifest.csv"))
-    if split is None:
-        split = train_val_test_split(
-            [r.label for r in rows], [r.patient_id for r in rows], seed=config.split_seed
-        )
+    rows, split = _rows_and_split(config, data_dir, rows, split)
     run_dir = _run_dir(config.out, config.arch)
-    cells_path = Path(config.cells) if config.cells else data_dir / "cells.csv"
-    boxes = read_cell_boxes(cells_path) if cells_path.is_file() else None
-    resolved = {**config.to_dict(), "timm_name": timm_name(config.arch)}
-    resolved.update(data_resolved=str(data_dir), mil_cyto_version=__version__)
-    write_json(run_dir / "config.json", resolved)
-    write_json(
-        run_dir / "splits.json",
-        {k: [rows[i].image_id for i in getattr(split, k)] for k in ("train", "val", "test")},
-    )
+    boxes = _cell_boxes(config, data_dir)
+    resolved = _write_setup(run_dir, config, data_dir, rows, split)
     step = time.perf_counter()
     x = images if images is not None else load_resized(rows, config.size, config.workers)
     y = torch.tensor([r.label for r in rows])
@@ -266,26 +349,10 @@ def run_baseline(
     pred, coords, sizes = predict_with_cam(
         model, x[split.test], test_rows, tiling, device, config.amp
     )
-    metrics = classification_metrics(pred.labels, pred.preds)
-    metrics["training"] = training
-    if boxes is not None:
-        abnormal = [r.image_id for r in test_rows if r.label > 0]
-        relative = {i: a * len(a) for i, a in zip(pred.image_ids, pred.attention, strict=True)}
-        metrics["localization"] = localization_metrics(coords, relative, boxes, abnormal)
-        metrics["localization"]["score"] = "Grad-CAM share x tiles (1 = uniform)"
+    metrics = _test_metrics(pred, training, test_rows, coords, boxes)
     timing["testing and Grad-CAM"] = time.perf_counter() - step
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(run_dir / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "mil-cyto-whole-image/1"})
-    recipe = {
-        "format": "mil-cyto-whole-image/1",
-        "arch": config.arch,
-        "timm_name": timm_name(config.arch),
-        "classes": list(GRADES),
-        "size": config.size,
-    }
-    write_json(run_dir / "model.json", recipe)
+    _save_model(run_dir, model, config)
     write_predictions(run_dir / "predictions.csv", test_rows, pred)
     write_attention(run_dir / "attention.h5", pred, coords, sizes)
     plot_confusion(run_dir / "confusion_matrix.png", metrics["confusion_matrix"])
@@ -330,54 +397,11 @@ def render_baseline_report(metrics: dict[str, Any], config: dict[str, Any]) -> s
     return "\n".join(lines) + "\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mil_cyto.baseline",
-        description="Train a whole-image CNN (the reference study's protocol) on the same "
-        "patient-disjoint split as mil_cyto.train and write a run folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    d = BaselineConfig()
-    add = parser.add_argument
-    add("--arch", default=d.arch, help=f"{', '.join(STUDY_ARCHS)} or any timm model name")
-    add("--data", help="folder with manifest.csv (default: built-in synthetic set)")
-    add("--out", help="run folder (default: runs/<arch>-<timestamp>)")
-    add("--label-column", help="grade column to learn: histology, cytology or label")
-    add("--cells", help="cell annotations CSV for localization (default: DATA/cells.csv)")
-    add("--weights", help="local weights file (safetensors or state dict); never downloaded")
-    add("--weights-cache", help="existing Hugging Face cache folder holding the weights")
-    for name in ("size", "epochs", "batch_size", "tile_size", "stride", "seed", "split_seed"):
-        add(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
-    for name in ("lr", "lr_decay", "weight_decay", "min_tissue"):
-        add(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
-    add("--class-weights", action=argparse.BooleanOptionalAction, default=d.class_weights)
-    add("--augment", action=argparse.BooleanOptionalAction, default=d.augment)
-    add("--device", default=d.device, help="auto, cpu or cuda")
-    add("--amp", action=argparse.BooleanOptionalAction, default=d.amp, help="bf16 on CUDA")
-    add("--workers", type=int, default=d.workers, help="threads for decoding photos")
-    add("--threads", type=int, default=d.threads, help="torch CPU threads (0 = default)")
-    add("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = BaselineConfig(**{f.name: getattr(args, f.name) for f in fields(BaselineConfig)})
-    try:
-        if config.epochs < 1 or config.size < 32 or config.batch_size < 1:
-            raise MilCytoError("--epochs and --batch-size must be >= 1 and --size >= 32")
-        run_dir, metrics = run_baseline(config, progress=not args.quiet)
-    except MilCytoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"\nrun folder: {run_dir}\n\n{format_table(metrics)}")
-    loc = metrics.get("localization")
-    if loc and loc.get("instance_auroc") is not None:
-        print(
-            f"\nlocalization (Grad-CAM): instance AUROC {loc['instance_auroc']:.3f}, "
-            f"pointing game {loc['pointing_game']:.3f}"
-        )
-    return 0
+    """``python -m mil_cyto.baseline``: the command is :mod:`mil_cyto.cli.baseline`."""
+    from mil_cyto.cli.baseline import main as command
+
+    return command(argv, prog="python -m mil_cyto.baseline")
 
 
 if __name__ == "__main__":

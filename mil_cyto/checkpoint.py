@@ -1,6 +1,9 @@
 """Trained models on disk: ``model.safetensors`` plus ``model.json`` (how to rebuild it).
 
-Nothing is unpickled: weights are safetensors, the recipe is JSON.
+Nothing is unpickled: weights are safetensors, the recipe is JSON. ``model.json``'s
+``calibration.temperature`` (absent: 1) divides the reloaded aggregator's logits
+(:func:`mil_cyto.calibration.attach_temperature`), so whoever reloads the model reads the
+calibrated probabilities the run wrote.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mil_cyto import __version__
+from mil_cyto.calibration import attach_temperature, check_temperature
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
 from mil_cyto.io import atomic_path, write_json
@@ -31,9 +35,11 @@ def model_recipe(
     in_dim: int,
     tiling: dict[str, Any],
     members: int = 1,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """The JSON that rebuilds a model; encoder weights come from the safetensors file.
-    ``members`` > 1: the head is a :class:`HeadEnsemble` of that many aggregators."""
+    ``members`` > 1: the head is a :class:`HeadEnsemble` of that many aggregators;
+    ``temperature``: what its photo logits are divided by (fitted on validation photos)."""
     aggregator_recipe = {"name": aggregator, "kwargs": aggregator_kwargs, "in_dim": in_dim}
     if members > 1:
         aggregator_recipe["members"] = members
@@ -45,6 +51,7 @@ def model_recipe(
         "encoder_init": {"weights": encoder.weights, "cache_dir": encoder.cache_dir},
         "aggregator": aggregator_recipe,
         "tiling": tiling,
+        "calibration": {"temperature": float(temperature)},
     }
 
 
@@ -72,7 +79,8 @@ def build_model(recipe: dict[str, Any]) -> MILModel:
 
 
 def load_model(run_dir: Path) -> tuple[MILModel, dict[str, Any]]:
-    """Rebuild a trained model from a run folder (or a folder holding the two files).
+    """Rebuild a trained model from a run folder (or a folder holding the two files), its
+    aggregator's logits divided by the recipe's ``calibration.temperature`` (1 when absent).
 
     Raises:
         MilCytoError: missing files, a foreign format, or weights that do not fit the recipe.
@@ -109,6 +117,10 @@ def load_model(run_dir: Path) -> tuple[MILModel, dict[str, Any]]:
             f"{weights_path} does not match the architecture in {recipe_path} ({first}); "
             "use the model.json saved with these weights"
         ) from None
+    temperature = check_temperature(
+        (recipe.get("calibration") or {}).get("temperature", 1.0), str(recipe_path)
+    )
+    attach_temperature(model.aggregator, temperature)
     model.eval()
     return model, recipe
 

@@ -13,13 +13,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from mil_cyto.errors import MilCytoError
+
+if TYPE_CHECKING:
+    from mil_cyto.models.mil_model import MILModel
 
 T = TypeVar("T")
 
@@ -125,7 +128,7 @@ class BagForward(nn.Module):
     instance head as unused (rather than waiting forever for its gradients) when no loss
     reads it."""
 
-    def __init__(self, model: nn.Module, instance_outputs: bool = True) -> None:
+    def __init__(self, model: MILModel, instance_outputs: bool = True) -> None:
         super().__init__()
         self.model = model
         self.instance_outputs = instance_outputs
@@ -145,7 +148,7 @@ class BagForward(nn.Module):
 
 
 def ddp_forward(
-    model: nn.Module, ctx: DistContext, device: torch.device, *, instance_outputs: bool = True
+    model: MILModel, ctx: DistContext, device: torch.device, *, instance_outputs: bool = True
 ) -> nn.Module | None:
     """A DistributedDataParallel wrapper of :class:`BagForward` (None for one process).
 

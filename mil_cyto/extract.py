@@ -10,33 +10,37 @@ would write, replacing the output atomically.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import sys
-import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mil_cyto import __version__
+from mil_cyto.cli.options import (
+    device_option,
+    option,
+    out_option,
+    seed_option,
+    threads_option,
+    workers_option,
+)
 from mil_cyto.data.manifest import read_manifest
 from mil_cyto.data.tiling import TilingConfig
-from mil_cyto.devices import resolve_device
 from mil_cyto.distributed import (
     DistContext,
     barrier,
-    init_distributed,
     shard,
     shard_path,
-    shutdown,
 )
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
-from mil_cyto.features.extraction import COMPILE_CHOICES, DecodingProcesses
+from mil_cyto.features.decoding import DecodingProcesses
+from mil_cyto.features.extraction import COMPILE_CHOICES
 from mil_cyto.features.store import (
-    BagStore,
     extract_to_store,
     merge_stores,
     store_matches,
@@ -61,133 +65,105 @@ def feature_provenance(
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mil_cyto.extract",
-        description="Embed the tissue tiles of every photo in DATA/manifest.csv with a frozen "
-        "encoder into an HDF5 bag store (features + coords per photo). Resumable; under "
-        "torchrun the photos are sharded across ranks.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+@dataclass
+class ExtractConfig:
+    """What ``mil-cyto extract`` embeds and how; each field is a flag (``--field-name``)."""
+
+    data: Path = option(help="folder with manifest.csv")
+    out: Path = out_option("bag store to write (e.g. features.h5)", required=True)
+    encoder: str = option(help="registered encoder or any timm model name")
+    encoder_kwargs: dict[str, Any] | None = option(
+        None, help="the encoder's keyword arguments as a JSON object, e.g. '{\"width\": 8}'"
     )
-    add = parser.add_argument
-    add("--data", required=True, type=Path, help="folder with manifest.csv")
-    add("--out", required=True, type=Path, help="bag store to write (e.g. features.h5)")
-    add("--encoder", required=True, help="registered encoder or any timm model name")
-    add("--encoder-kwargs", default=None, help="JSON keyword arguments, e.g. '{\"width\": 8}'")
-    add("--weights", default=None, help="local weights file (safetensors or .pth)")
-    add("--weights-cache", default=None, help="existing Hugging Face cache folder")
-    add("--label-column", default=None, help="grade column of the manifest")
-    add("--tile-size", type=int, default=96, help="tile side in pixels")
-    add("--stride", type=int, default=96, help="grid stride in pixels")
-    add("--min-tissue", type=float, default=0.05, help="minimum tissue share of a kept tile")
-    add(
-        "--instances",
-        choices=["grid", "cells"],
-        default="grid",
+    weights: str | None = option(None, help="local weights file (safetensors or .pth)")
+    weights_cache: str | None = option(None, help="existing Hugging Face cache folder")
+    label_column: str | None = option(
+        None,
+        help="grade column of the manifest",
+        default_help="the first of histology, cytology, label that the manifest has",
+    )
+    tile_size: int = option(96, help="tile side in pixels")
+    stride: int = option(96, help="grid stride in pixels")
+    min_tissue: float = option(0.05, help="minimum tissue share of a kept tile")
+    instances: str = option(
+        "grid",
+        choices=("grid", "cells"),
         help="grid tiles, or one tile-size crop centred on each detected nucleus",
     )
-    add("--batch-size", type=int, default=64, help="tiles per forward pass (across photos)")
-    add("--workers", type=int, default=2, help="threads decoding photos")
-    add(
-        "--decode-processes",
-        type=int,
-        default=0,
+    batch_size: int = option(64, help="tiles per forward pass (across photos)")
+    workers: int = workers_option()
+    decode_processes: int = option(
+        0,
         help="decode photos on this many processes instead of --workers threads (for a GPU, "
         "where decoding is the bottleneck; 0 = threads)",
     )
-    add("--device", default="auto", help="auto, cpu or cuda (auto: CUDA when present)")
-    add(
-        "--compile",
+    device: str = device_option()
+    compile: str = option(
+        "auto",
         choices=COMPILE_CHOICES,
-        default="auto",
         help="torch.compile the encoder (auto: when a compiler is present, eager if it fails)",
     )
-    add(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="reduced precision: fp16 autocast on CUDA (default on there); on a CPU with "
-        "native bf16 (AVX512-BF16 or AMX), bf16 autocast (opt-in: ~1.8x faster for resnet18, "
-        "features within ~0.5%% of float32's; recorded in the store)",
+    amp: bool | None = option(
+        None,
+        help="reduced precision: fp16 autocast on CUDA; on a CPU with native bf16 "
+        "(AVX512-BF16 or AMX), bf16 autocast (opt-in: ~1.8x faster for resnet18, features "
+        "within ~0.5% of float32's; recorded in the store)",
+        default_help="on with CUDA, off on CPU",
     )
-    add("--seed", type=int, default=0, help="seed of a randomly initialised encoder")
-    add("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    add("--quiet", action="store_true", help="no progress bars")
-    return parser
+    seed: int = seed_option("seed of a randomly initialised encoder")
+    threads: int = threads_option()
 
 
-def _encoder_kwargs(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise MilCytoError(f"--encoder-kwargs is not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise MilCytoError("--encoder-kwargs must be a JSON object")
-    return value
-
-
-def run_extract(args: argparse.Namespace, ctx: DistContext, device: torch.device) -> Path:
+def run_extract(
+    config: ExtractConfig, ctx: DistContext, device: torch.device, *, progress: bool = True
+) -> Path:
     """Extract (this rank's share of) the photos; returns the finished store's path."""
-    rows = read_manifest(args.data / "manifest.csv", label_column=args.label_column)
-    tiling = TilingConfig(args.tile_size, args.stride, args.min_tissue, args.instances)
-    kwargs = _encoder_kwargs(args.encoder_kwargs)
-    provenance = feature_provenance(args.encoder, kwargs, args.weights, args.weights_cache)
-    if store_matches(args.out, rows, store_provenance(provenance, tiling)):
-        return args.out
-    torch.manual_seed(args.seed)  # every rank builds the same random-init encoder
-    encoder = create_encoder(EncoderSpec(args.encoder, args.weights, args.weights_cache, kwargs))
+    rows = read_manifest(config.data / "manifest.csv", label_column=config.label_column)
+    tiling = TilingConfig(config.tile_size, config.stride, config.min_tissue, config.instances)
+    kwargs = dict(config.encoder_kwargs or {})
+    provenance = feature_provenance(config.encoder, kwargs, config.weights, config.weights_cache)
+    if store_matches(config.out, rows, store_provenance(provenance, tiling)):
+        return config.out
+    torch.manual_seed(config.seed)  # every rank builds the same random-init encoder
+    encoder = create_encoder(
+        EncoderSpec(config.encoder, config.weights, config.weights_cache, kwargs)
+    )
     for p in encoder.parameters():
         p.requires_grad_(False)
-    options = {
+    options: dict[str, Any] = {
         "tiling": tiling,
         "provenance": provenance,
-        "batch_size": args.batch_size,
+        "batch_size": config.batch_size,
         "device": device,
-        "workers": args.workers,
-        "compile": args.compile,
-        "amp": args.amp,
+        "workers": config.workers,
+        "compile": config.compile,
+        "amp": config.amp,
     }
-    if args.decode_processes < 0:
+    if config.decode_processes < 0:
         raise MilCytoError("--decode-processes must be >= 0 (0 = decoding threads)")
     with contextlib.ExitStack() as stack:
-        if args.decode_processes:
-            options["decoder"] = stack.enter_context(DecodingProcesses(args.decode_processes))
+        if config.decode_processes:
+            options["decoder"] = stack.enter_context(DecodingProcesses(config.decode_processes))
         if not ctx.is_distributed:
-            return extract_to_store(rows, encoder, args.out, progress=not args.quiet, **options)
-        part = shard_path(args.out, ctx)
-        extract_to_store(shard(rows, ctx), encoder, part, progress=not args.quiet, **options)
+            return extract_to_store(rows, encoder, config.out, progress=progress, **options)
+        part = shard_path(config.out, ctx)
+        extract_to_store(shard(rows, ctx), encoder, part, progress=progress, **options)
     barrier(ctx)
     if ctx.is_main:
         world = ctx.world_size
-        parts = [shard_path(args.out, DistContext(r, world)) for r in range(world)]
-        merge_stores(parts, args.out)
-        for p in parts:
-            p.unlink()
+        parts = [shard_path(config.out, DistContext(r, world)) for r in range(world)]
+        merge_stores(parts, config.out)
+        for done in parts:
+            done.unlink()
     barrier(ctx)
-    return args.out
+    return config.out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    ctx = DistContext()
-    try:
-        if args.threads > 0:
-            torch.set_num_threads(args.threads)
-        ctx, device = init_distributed(resolve_device(args.device))
-        start = time.perf_counter()
-        out = run_extract(args, ctx, device)
-        if ctx.is_main:
-            with BagStore(out) as store:
-                n = len(store.image_ids())
-            print(f"bag store: {out} ({n} photos, {time.perf_counter() - start:.1f} s)")
-    except MilCytoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        shutdown(ctx)
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mil_cyto.extract``: the command is :mod:`mil_cyto.cli.extract`."""
+    from mil_cyto.cli.extract import main as command
+
+    return command(argv, prog="python -m mil_cyto.extract")
 
 
 if __name__ == "__main__":

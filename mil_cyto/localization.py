@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score
 
 from mil_cyto.data.tiling import TilingConfig, box_sums, grid_coords, paint_tiles
@@ -56,12 +57,14 @@ def read_cells(path: Path) -> dict[str, list[CellBox]]:
         for row in reader:
             try:
                 grade = parse_grade(row["grade"])
-                box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+                x0, y0, x1, y1 = (float(row[k]) for k in ("x0", "y0", "x1", "y1"))
             except (ValueError, TypeError) as err:
                 raise MilCytoError(
                     f"{path} line {reader.line_num}: {err or 'missing cells'}"
                 ) from None
-            cells.setdefault(row["image"], []).append(CellBox(box, grade, row.get("kind") or ""))
+            cells.setdefault(row["image"], []).append(
+                CellBox((x0, y0, x1, y1), grade, row.get("kind") or "")
+            )
     return cells
 
 
@@ -88,7 +91,7 @@ def box_cover(tiles: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return w * h / area
 
 
-def centres_in_boxes(tiles: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def centres_in_boxes(tiles: ArrayLike, boxes: ArrayLike) -> np.ndarray:
     """Per tile ``(N, 4)``: whether its centre lies in any of ``boxes`` ``(M, 4)`` (edges
     included); ``(N,)`` bool."""
     tiles = np.asarray(tiles, dtype=np.float64).reshape(-1, 4)
@@ -96,7 +99,7 @@ def centres_in_boxes(tiles: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     cx = (tiles[:, None, 0] + tiles[:, None, 2]) / 2
     cy = (tiles[:, None, 1] + tiles[:, None, 3]) / 2
     inside = (cx >= boxes[:, 0]) & (cx <= boxes[:, 2]) & (cy >= boxes[:, 1]) & (cy <= boxes[:, 3])
-    return inside.any(axis=1)
+    return np.any(inside, axis=1)
 
 
 def tile_labels(tiles: np.ndarray, boxes: np.ndarray, min_cover: float = MIN_COVER) -> np.ndarray:

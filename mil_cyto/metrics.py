@@ -12,9 +12,13 @@ from mil_cyto.labels import GRADES
 
 
 def classification_metrics(
-    y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str] = GRADES
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    classes: Sequence[str] = GRADES,
 ) -> dict[str, Any]:
     """Accuracy, per-class one-vs-rest sensitivity and specificity, and their macro means.
+
+    ``y_true`` and ``y_pred`` are 1-D class indices (n,) into ``classes``.
 
     Returns the DESIGN.md layout: ``accuracy``, ``macro_sensitivity``, ``macro_specificity``,
     ``per_class`` {class: {sensitivity, specificity, support}}, ``confusion_matrix``

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mil_cyto.augment import orient_and_stain
+from mil_cyto.encoders.base import TileEncoder
 
 
 @dataclass
@@ -68,7 +69,7 @@ def projection_head(in_dim: int) -> nn.Module:
 
 
 def contrastive_loss(
-    encoder: nn.Module,
+    encoder: TileEncoder,
     projector: nn.Module,
     tiles: torch.Tensor,
     generator: torch.Generator,
@@ -88,15 +89,15 @@ def contrastive_loss(
 
 
 def pretrain_encoder(
-    encoder: nn.Module,
+    encoder: TileEncoder,
     tiles: torch.Tensor,
     config: PretrainConfig,
     device: torch.device,
     *,
     progress: bool = True,
 ) -> list[float]:
-    """Train ``encoder`` (a :class:`~mil_cyto.encoders.base.TileEncoder`) in place with
-    SimCLR on ``tiles`` ``(N, 3, T, T)`` uint8; returns the mean loss of each epoch.
+    """Train ``encoder`` in place with SimCLR on ``tiles`` ``(N, 3, T, T)`` uint8; returns the
+    mean loss of each epoch.
 
     Deterministic for a seed on CPU at a fixed thread count. Leaves the encoder in eval mode.
     """

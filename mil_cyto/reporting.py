@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from mil_cyto.calibration import N_BINS, reliability_curve
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import paint_tiles
 from mil_cyto.io import atomic_path
@@ -78,6 +79,42 @@ def plot_confusion(path: Path, matrix: list[list[int]]) -> None:
     save_figure(fig, path)
 
 
+def plot_reliability(
+    path: Path,
+    labels: np.ndarray,
+    uncalibrated: np.ndarray,
+    calibrated: np.ndarray,
+    temperature: float,
+    n_bins: int = N_BINS,
+) -> None:
+    """Reliability diagram PNG of the test photos: accuracy against mean top-class
+    confidence in ``n_bins`` equal-width bins, for the probabilities ``(B, C)`` before and
+    after dividing the logits by ``temperature`` (marker area ~ photos in the bin), the
+    diagonal being perfect calibration; below, how many photos fall in each bin."""
+    fig = Figure(figsize=(4.6, 5.4), dpi=120)
+    top, bottom = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    edges = np.linspace(0, 1, n_bins + 1)
+    curves = [("uncalibrated", uncalibrated, "tab:red")]
+    if temperature != 1.0:
+        curves.append((f"temperature {temperature:.2f}", calibrated, "tab:blue"))
+    for name, probs, colour in curves:
+        if len(probs) == 0:
+            continue
+        accuracy, confidence, count = reliability_curve(probs, labels, n_bins)
+        top.plot(confidence, accuracy, "-", color=colour, lw=1, label=name)
+        top.scatter(confidence, accuracy, s=12 + 60 * count / count.max(), color=colour)
+        bottom.hist(probs.max(axis=1), bins=edges, color=colour, alpha=0.5, label=name)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("accuracy of the top class")
+    top.set_title(f"test photos ({len(labels)}); T fitted on validation photos", fontsize=9)
+    top.legend(fontsize=7, loc="upper left")
+    bottom.set_xlabel("top-class probability")
+    bottom.set_ylabel("photos")
+    save_figure(fig, path)
+
+
 def attention_heatmap(
     size_hw: tuple[int, int], coords: np.ndarray, scores: np.ndarray
 ) -> np.ndarray:
@@ -126,9 +163,30 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def render_report(metrics: dict[str, Any], config: dict[str, Any]) -> str:
-    """``report.md``: the headline table beside the reference rows, localization, timing."""
-    training = metrics["training"]
+def _calibration_lines(cal: dict[str, Any] | None) -> list[str]:
+    """report.md's calibration paragraph (nothing for metrics without ``calibration``)."""
+    if not cal:
+        return []
+    if cal["n_val"]:
+        how = f"temperature {cal['temperature']:.3f} fitted on {cal['n_val']} {cal['fitted_on']}"
+    else:
+        how = f"temperature {cal['temperature']:.3f}, {cal['fitted_on']}"
+    return [
+        "## Calibration of the test probabilities",
+        "",
+        f"- {how}; the predicted grades are the same with or without it",
+        f"- ECE ({cal['n_bins']} equal-width bins of the top-class probability): "
+        f"{_fmt(cal['ece'])} (uncalibrated {_fmt(cal['ece_uncalibrated'])}); multiclass Brier "
+        f"score (0 best, 2 worst): {_fmt(cal['brier'])} (uncalibrated "
+        f"{_fmt(cal['brier_uncalibrated'])})",
+        "",
+        "![reliability diagram](reliability.png)",
+        "",
+    ]
+
+
+def _chosen_text(training: dict[str, Any], config: dict[str, Any]) -> str:
+    """How the reported head was picked: best epoch, then any refit and seed ensemble."""
     chosen = f"epoch {training['best_epoch']} chosen on validation"
     if training.get("refit"):
         refit = training["refit"]
@@ -143,6 +201,12 @@ def render_report(metrics: dict[str, Any], config: dict[str, Any]) -> str:
             f"; the model is the mean of {len(members)} such heads from seeds "
             f"{', '.join(str(m.get('seed', config['seed'])) for m in members)} (epochs {epochs})"
         )
+    return chosen
+
+
+def _headline_lines(metrics: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """report.md's title, run settings, classification table and reference rows."""
+    chosen = _chosen_text(metrics["training"], config)
     lines = [
         "# mil-cyto run report",
         "",
@@ -165,34 +229,49 @@ def render_report(metrics: dict[str, Any], config: dict[str, Any]) -> str:
             f"| {name} | {_fmt(row.get('accuracy'))} | {_fmt(row['macro_sensitivity'])} | "
             f"{_fmt(row['macro_specificity'])} |"
         )
-    lines += ["", "![confusion matrix](confusion_matrix.png)", ""]
-    loc = metrics.get("localization")
-    if loc:
+    return lines + ["", "![confusion matrix](confusion_matrix.png)", ""]
+
+
+def _localization_lines(loc: dict[str, Any] | None) -> list[str]:
+    """report.md's localization paragraph (nothing for metrics without ``localization``)."""
+    if not loc:
+        return []
+    lines = [
+        "## Localization from attention (no pixel labels in training)",
+        "",
+        f"- instance AUROC: {_fmt(loc['instance_auroc'])} over {loc['n_images']} abnormal "
+        f"test photos ({loc['n_positive_tiles']} positive / {loc['n_negative_tiles']} "
+        f"negative tiles; a tile is positive when it covers >= {loc['min_cover']:.0%} of "
+        "an atypical cell's box, thinner contacts are left out)",
+        f"- pointing game: {_fmt(loc['pointing_game'])} (top tile touches an atypical cell)",
+    ]
+    if "tiles" in loc:
+        own = loc.get("per_instance", {})
         lines += [
-            "## Localization from attention (no pixel labels in training)",
-            "",
-            f"- instance AUROC: {_fmt(loc['instance_auroc'])} over {loc['n_images']} abnormal "
-            f"test photos ({loc['n_positive_tiles']} positive / {loc['n_negative_tiles']} "
-            f"negative tiles; a tile is positive when it covers >= {loc['min_cover']:.0%} of "
-            "an atypical cell's box, thinner contacts are left out)",
-            f"- pointing game: {_fmt(loc['pointing_game'])} (top tile touches an atypical cell)",
+            f"- tiles: the photo's {loc['tiles']}, each scored by the mean of the attention "
+            "map over it (instances painted, their mean where they overlap); on the "
+            "model's own instances: instance AUROC "
+            f"{_fmt(own.get('instance_auroc'))}, pointing game "
+            f"{_fmt(own.get('pointing_game'))}",
         ]
-        if "tiles" in loc:
-            own = loc.get("per_instance", {})
-            lines += [
-                f"- tiles: the photo's {loc['tiles']}, each scored by the mean of the attention "
-                "map over it (instances painted, their mean where they overlap); on the "
-                "model's own instances: instance AUROC "
-                f"{_fmt(own.get('instance_auroc'))}, pointing game "
-                f"{_fmt(own.get('pointing_game'))}",
-            ]
-        lines += [
-            "",
-            "![attention examples](attention_examples.png)",
-            "",
-        ]
-    timing = metrics.get("timing_s", {})
-    if timing:
-        lines += ["## Where the time went (seconds)", ""]
-        lines += [f"- {k}: {v:.1f}" for k, v in timing.items()]
+    return lines + [
+        "",
+        "![attention examples](attention_examples.png)",
+        "",
+    ]
+
+
+def _timing_lines(timing: dict[str, float]) -> list[str]:
+    """report.md's timing list, seconds per stage (nothing when no timing was recorded)."""
+    if not timing:
+        return []
+    return ["## Where the time went (seconds)", ""] + [f"- {k}: {v:.1f}" for k, v in timing.items()]
+
+
+def render_report(metrics: dict[str, Any], config: dict[str, Any]) -> str:
+    """``report.md``: the headline table beside the reference rows, localization, timing."""
+    lines = _headline_lines(metrics, config)
+    lines += _calibration_lines(metrics.get("calibration"))
+    lines += _localization_lines(metrics.get("localization"))
+    lines += _timing_lines(metrics.get("timing_s", {}))
     return "\n".join(lines) + "\n"

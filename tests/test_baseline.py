@@ -51,6 +51,7 @@ def test_run_folder_contract(tiny_data: Path, tmp_path: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"accuracy", "macro_sensitivity", "macro_specificity", "per_class"} <= set(metrics)
     assert {"instance_auroc", "pointing_game"} <= set(metrics["localization"])
+    assert metrics["calibration"]["temperature"] == 1.0 and 0 <= metrics["calibration"]["ece"] <= 1
     config = json.loads((run / "config.json").read_text())
     assert config["lr"] == 0.01 and config["timm_name"] == "resnet18"
     with h5py.File(run / "attention.h5") as handle:

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from mil_cyto.data.images import load_rgb
-from mil_cyto.data.instances import cut_instances
+from mil_cyto.data.instances import load_instances
 from mil_cyto.data.manifest import ManifestRow
 from mil_cyto.data.tiling import TilingConfig
 
@@ -31,10 +30,10 @@ class Bag:
 
 
 def load_bag(row: ManifestRow, tiling: TilingConfig) -> Bag:
-    """Read, convert and tile one photo (raises MilCytoError naming the file on bad input)."""
-    image = load_rgb(row.image, hint=f"manifest row {row.image_id!r}")
-    tiles, coords = cut_instances(image, tiling, name=str(row.image))
-    return Bag(row.image_id, row.patient_id, row.label, tiles, coords, image.shape[:2])
+    """Read, convert and tile one photo at the working pixel size; boxes and size in the
+    photo's own pixels (raises MilCytoError naming the file on bad input)."""
+    tiles, coords, size = load_instances(row, tiling)
+    return Bag(row.image_id, row.patient_id, row.label, tiles, coords, size)
 
 
 def load_bags(

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mil_cyto.errors import MilCytoError
+from mil_cyto.slides.reader import is_slide_file
 
 MAX_IMAGE_PIXELS = 400_000_000
 """Refuse images above this many pixels (PIL's decompression-bomb guard is raised to it)."""
@@ -46,6 +47,12 @@ def load_rgb(path: Path, *, hint: str = "") -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise MilCytoError(f"{where}image {path} not found; fix the path or remove its row")
+    if is_slide_file(path):
+        raise MilCytoError(
+            f"{where}{path} is a whole-slide image: only feature extraction reads slides "
+            "(lazily, region by region, mil_cyto.slides), never decoded whole; this step needs "
+            "photos: export fields from the slide or leave it out of this step"
+        )
     try:
         with _open_guarded(path) as image:
             image.load()

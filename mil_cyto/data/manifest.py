@@ -1,4 +1,5 @@
-"""Reading and validating ``manifest.csv``: one row per photo, image-level labels only."""
+"""Reading and validating ``manifest.csv``: one row per photo (or whole-slide image, see
+:attr:`ManifestRow.is_slide`), image-level labels only."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from pathlib import Path
 
 from mil_cyto.errors import MilCytoError
 from mil_cyto.labels import GRADES, grade_index, parse_grade, parse_hpv
+from mil_cyto.slides.reader import is_slide_file
 
 GRADE_COLUMNS: tuple[str, ...] = ("histology", "cytology", "label")
 """Columns that hold a grade; the training target is one of them."""
 
 SPLIT_VALUES: tuple[str, ...] = ("train", "val", "test")
 """Values of the optional ``split`` column (a fixed split, e.g. cell-disjoint mosaics)."""
+
+UM_PER_PX_LIMITS: tuple[float, float] = (0.05, 50.0)
+"""Accepted values of the optional ``um_per_px`` column (micrometres per pixel)."""
 
 
 @dataclass(frozen=True)
@@ -27,10 +32,17 @@ class ManifestRow:
     label: int
     sources: dict[str, str | None] = field(default_factory=dict)
     split: str | None = None  # the optional ``split`` column: train / val / test
+    um_per_px: float | None = None  # the optional ``um_per_px`` column: micrometres per pixel
 
     @property
     def grade(self) -> str:
         return GRADES[self.label]
+
+    @property
+    def is_slide(self) -> bool:
+        """Whether ``image`` is a whole-slide image (``.svs``, ``.ndpi``, pyramidal TIFF),
+        read lazily by :mod:`mil_cyto.slides` rather than decoded as a photo."""
+        return is_slide_file(self.image)
 
 
 def default_label_column(columns: list[str]) -> str:
@@ -134,6 +146,7 @@ def _parse_row(
         raise MilCytoError(
             f"{where}: column 'split' holds {record.get('split')!r}; use train, val or test"
         )
+    um_per_px = _parse_um_per_px(record.get("um_per_px"), where)
     full = (path.parent / image).resolve()
     if check_images and not full.is_file():
         raise MilCytoError(f"{where}: image {image!r} not found at {full}; fix or remove the row")
@@ -144,4 +157,23 @@ def _parse_row(
         label=grade_index(sources[target] or "normal"),
         sources=sources,
         split=split,
+        um_per_px=um_per_px,
     )
+
+
+def _parse_um_per_px(raw: str | None, where: str) -> float | None:
+    """The optional ``um_per_px`` cell (micrometres per pixel of the photo; empty: unknown)."""
+    text = (raw or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not UM_PER_PX_LIMITS[0] <= value <= UM_PER_PX_LIMITS[1]:
+        raise MilCytoError(
+            f"{where}: column 'um_per_px' holds {raw!r}; give the photo's micrometres per pixel "
+            f"in [{UM_PER_PX_LIMITS[0]}, {UM_PER_PX_LIMITS[1]}] (about 0.25 at 40x) or leave it "
+            "empty"
+        )
+    return value

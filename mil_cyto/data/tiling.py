@@ -64,6 +64,13 @@ def tissue_mask(image: np.ndarray) -> np.ndarray:
     8 bits; tested against the float64 version; ``benchmarks/tissue_search.py``).
     """
     grey = grey_levels(image)
+    return open_cross(grey <= tissue_threshold(grey))
+
+
+def tissue_threshold(grey: np.ndarray) -> float:
+    """The grey level at or below which :func:`tissue_mask` counts a pixel as stain, from an
+    ``(H, W)`` uint8 grey image (also applied to a whole slide from its overview, so that
+    every chunk of the slide is judged by one threshold)."""
     counts = np.bincount(grey.ravel(), minlength=256)
     background = int(np.searchsorted(np.cumsum(counts), 0.95 * grey.size))
     present = np.flatnonzero(counts)
@@ -72,8 +79,7 @@ def tissue_mask(image: np.ndarray) -> np.ndarray:
     else:
         lo, hi = int(present[0]), int(present[-1])
         threshold = float(threshold_otsu(hist=(counts[lo : hi + 1], np.arange(lo, hi + 1))))
-    threshold = min(threshold, background - 0.03 * 255)
-    return open_cross(grey <= threshold)
+    return min(threshold, background - 0.03 * 255)
 
 
 def open_cross(mask: np.ndarray) -> np.ndarray:

@@ -1,6 +1,15 @@
-"""Tile encoders: ``create_encoder(name, ...)`` for the small CNN and any timm backbone."""
+"""Tile encoders: ``create_encoder(name, ...)`` for the small CNN, nucleus morphometry
+(``morphometry``, no training) and any timm backbone."""
 
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.encoders.factory import ENCODERS, EncoderSpec, create_encoder, list_encoders
+from mil_cyto.encoders.morphometry import Morphometry
 
-__all__ = ["ENCODERS", "EncoderSpec", "TileEncoder", "create_encoder", "list_encoders"]
+__all__ = [
+    "ENCODERS",
+    "EncoderSpec",
+    "Morphometry",
+    "TileEncoder",
+    "create_encoder",
+    "list_encoders",
+]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mil_cyto.encoders.base import TileEncoder
+from mil_cyto.encoders.morphometry import Morphometry, MorphometryEncoder
 from mil_cyto.encoders.small_cnn import SmallCNN
 from mil_cyto.errors import MilCytoError
 from mil_cyto.registry import Registry
@@ -45,6 +46,19 @@ def _small_cnn(width: int = 16, out_dim: int = 128, stem_pool: int = 2) -> TileE
         memory_format=torch.channels_last
     )
     return TileEncoder(backbone, out_dim, _PLAIN_MEAN, _PLAIN_STD)
+
+
+@ENCODERS.register("morphometry")
+def _morphometry(
+    um_per_px: float | None = None,
+    colour: bool = True,
+    sigma: float = 1.5,
+    cell_margin: float = 0.1,
+) -> TileEncoder:
+    """Hand-made nucleus morphometry and texture alone (no training; :mod:`.morphometry`)."""
+    return MorphometryEncoder(
+        Morphometry(um_per_px, colour=colour, sigma=sigma, cell_margin=cell_margin)
+    )
 
 
 def list_encoders() -> list[str]:
@@ -97,8 +111,27 @@ def _load_backbone_weights(model: nn.Module, name: str, weight_file: str) -> Non
     model.load_state_dict(state, strict=True)
 
 
+def _pretrained_cfg(model: nn.Module) -> dict[str, Any]:
+    """The ``pretrained_cfg`` dict (mean, std, classifier...) timm sets on its models."""
+    return dict(getattr(model, "pretrained_cfg", None) or {})
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)
+    return r, g, b
+
+
+def _feature_width(model: nn.Module, name: str) -> int:
+    """The width of a timm model's features with ``num_classes=0``."""
+    # timm's num_features is the pre-head width; MobileNetV3-style heads add a wider layer
+    width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
+    if not width:
+        raise MilCytoError(f"timm model {name!r} states no num_features; pick another encoder")
+    return int(width)
+
+
 def _is_classifier_key(model: nn.Module, key: str) -> bool:
-    classifier = model.pretrained_cfg.get("classifier", "fc")
+    classifier = _pretrained_cfg(model).get("classifier", "fc")
     names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
     return any(key.startswith(f"{n}.") for n in names)
 
@@ -122,24 +155,26 @@ def _timm_encoder(
     if weight_file is not None:
         _load_backbone_weights(model, name, weight_file)
     model = model.to(memory_format=torch.channels_last)
-    cfg = model.pretrained_cfg
-    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
-    # timm's num_features is the pre-head width; MobileNetV3-style heads add a wider layer
-    out_dim = getattr(model, "head_hidden_size", None) or model.num_features
-    return TileEncoder(model, int(out_dim), mean, std)  # type: ignore[arg-type]
+    cfg = _pretrained_cfg(model)
+    mean = _rgb(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = _rgb(cfg.get("std", (0.229, 0.224, 0.225)))
+    return TileEncoder(model, _feature_width(model, name), mean, std)
 
 
 def create_encoder(spec: EncoderSpec | str) -> TileEncoder:
     """Build a tile encoder from a spec (or just a name, random init).
 
     The kwarg ``radial_rings`` (any encoder; default 0) appends that many rings' radial
-    optical-density features (:mod:`mil_cyto.encoders.radial`) to the backbone's.
+    optical-density features (:mod:`mil_cyto.encoders.radial`) to the backbone's; the kwarg
+    ``morphometry`` (any encoder; default off: ``true``, or a dict of
+    :class:`~mil_cyto.encoders.morphometry.Morphometry` settings such as ``um_per_px``)
+    appends nucleus morphometry and texture features after them.
     """
     if isinstance(spec, str):
         spec = EncoderSpec(name=spec)
     kwargs = dict(spec.kwargs)
     rings = int(kwargs.pop("radial_rings", 0))
+    morphometry = kwargs.pop("morphometry", False)
     if spec.name in ENCODERS:
         if spec.weights or spec.cache_dir:
             raise MilCytoError(
@@ -151,4 +186,10 @@ def create_encoder(spec: EncoderSpec | str) -> TileEncoder:
         encoder = _timm_encoder(spec.name, spec.weights, spec.cache_dir, **kwargs)
     if rings > 0:
         encoder.add_radial_profile(rings)
+    if morphometry:
+        settings = morphometry if isinstance(morphometry, dict) else {}
+        try:
+            encoder.add_morphometry(Morphometry(**settings))
+        except TypeError as err:
+            raise MilCytoError(f"encoder kwarg morphometry={morphometry!r}: {err}") from None
     return encoder

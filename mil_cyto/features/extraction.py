@@ -2,8 +2,9 @@
 
 The pipeline keeps the cores busy and the memory flat:
 
-- a background thread decodes photos (a small thread pool, or :class:`DecodingProcesses`
-  where decoding is the bottleneck, as on a GPU; a few photos ahead), finds their instances
+- a background thread decodes photos (a small thread pool, or
+  :class:`~mil_cyto.features.decoding.DecodingProcesses` where decoding is the bottleneck, as
+  on a GPU; a few photos ahead: :mod:`mil_cyto.features.decoding`), finds their instances
   and cuts them straight into fixed-size batches that span photos, so a photo of ten tiles
   and one of twenty thousand both feed full batches;
 - tiles are cut as ``(B, T, T, 3)``, which viewed as ``(B, 3, T, T)`` is already channels-last
@@ -17,15 +18,12 @@ The pipeline keeps the cores busy and the memory flat:
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import queue
 import shutil
 import threading
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +34,7 @@ from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.devices import autocast_to, extraction_dtype
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
+from mil_cyto.features.decoding import DecodingProcesses, prefetch_photos, run_in_background
 
 COMPILE_CHOICES = ("auto", "on", "off")
 
@@ -53,79 +52,13 @@ class TileBatch:
 
 @dataclass
 class PhotoFeatures:
-    """One finished photo: its plan (image released) and ``features`` ``(N, D)`` float32."""
+    """One finished photo: its instance boxes ``coords`` ``(N, 4)`` and ``size`` ``(H, W)`` in
+    its own pixels (:attr:`PhotoPlan.native_coords`) and ``features`` ``(N, D)`` float32."""
 
     row: ManifestRow
     coords: np.ndarray
     size: tuple[int, int]
     features: np.ndarray
-
-
-def prefetch_photos(
-    rows: Sequence[ManifestRow],
-    tiling: TilingConfig,
-    *,
-    workers: int = 2,
-    depth: int = 3,
-    loader: Callable[..., PhotoPlan] = load_photo,
-    known: Mapping[str, np.ndarray] | None = None,
-    pool: Executor | None = None,
-) -> Iterator[PhotoPlan]:
-    """Decode photos in row order, at most ``depth`` ahead: on ``workers`` threads, or on
-    ``pool`` (an executor the caller owns, e.g. :class:`DecodingProcesses`; not shut down
-    here). ``known``: boxes already found per image id; ``loader`` gets a photo's own as
-    ``known=boxes`` (so a process pool is sent one photo's boxes, not the whole mapping)."""
-    own = pool is None
-    executor = ThreadPoolExecutor(max_workers=max(1, workers)) if pool is None else pool
-
-    def submit(row: ManifestRow) -> Future[PhotoPlan]:
-        if known is not None and row.image_id in known:
-            return executor.submit(loader, row, tiling, known=known[row.image_id])
-        return executor.submit(loader, row, tiling)
-
-    pending: deque[Future[PhotoPlan]] = deque()
-    try:
-        remaining = iter(rows)
-        for row in remaining:
-            pending.append(submit(row))
-            if len(pending) >= max(1, depth):
-                break
-        while pending:
-            plan = pending.popleft().result()
-            nxt = next(remaining, None)
-            if nxt is not None:
-                pending.append(submit(nxt))
-            yield plan
-    finally:
-        for future in pending:  # an error or an early stop: drop what is queued
-            future.cancel()
-        if own:
-            executor.shutdown(wait=True, cancel_futures=True)
-
-
-class DecodingProcesses(ProcessPoolExecutor):
-    """A pool of ``workers`` processes that decode photos and find their instances, for
-    :func:`embed_photos` / ``extract_to_store(decoder=...)`` and
-    :func:`~mil_cyto.data.bags.load_bags` in place of decoding threads.
-
-    For GPU extraction, where the CPU side is the bottleneck and decoding threads stop
-    scaling after a few (parts of PNG decoding and of the tissue / nucleus search hold the
-    GIL). Start it once and reuse it across extractions (it is a context manager): starting
-    processes costs seconds. Workers come from a fork server (``spawn`` where there is none)
-    that imports the calling script and the decoding modules once, and never touches CUDA;
-    a script that uses it needs an ``if __name__ == "__main__":`` guard, as with any process
-    pool.
-    """
-
-    def __init__(self, workers: int) -> None:
-        if workers < 1:
-            raise MilCytoError(f"decoding processes: {workers} must be >= 1")
-        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        context = mp.get_context(method)
-        if method == "forkserver":
-            context.set_forkserver_preload(["__main__", "mil_cyto.data.bags"])
-        super().__init__(max_workers=workers, mp_context=context)
-        self.workers = workers
 
 
 def batch_tiles(
@@ -147,22 +80,13 @@ def batch_tiles(
     buf: np.ndarray | None = None
     segments: list[tuple[int, int, int]] = []
     filled = 0
-
-    def emit() -> TileBatch:
-        assert buf is not None
-        n = filled if not pad else batch_size
-        if pad:
-            buf[filled:] = 0
-        tiles = torch.from_numpy(buf[:n]).permute(0, 3, 1, 2)  # NHWC memory = channels-last
-        return TileBatch(tiles, filled, list(segments))
-
     source = iter(enumerate(plans))
     while True:
         try:
             item = next(source, None)
         except Exception:
-            if filled:
-                yield emit()
+            if filled and buf is not None:
+                yield _tile_batch(buf, filled, segments, pad)
             raise
         if item is None:
             break
@@ -181,45 +105,22 @@ def batch_tiles(
             filled += take
             start += take
             if filled == batch_size:
-                yield emit()
+                yield _tile_batch(buf, filled, segments, pad)
                 buf, segments, filled = None, [], 0
-    if filled:
-        yield emit()
+    if filled and buf is not None:
+        yield _tile_batch(buf, filled, segments, pad)
 
 
-def run_in_background(items: Iterator[TileBatch], depth: int = 2) -> Iterator[TileBatch]:
-    """Drain ``items`` on a daemon thread into a queue of ``depth``; errors re-raised here."""
-    channel: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        channel.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            channel.put(("done", None))
-        except BaseException as err:  # handed to the consumer, raised there
-            channel.put(("error", err))
-
-    thread = threading.Thread(target=produce, name="mil-cyto-tiles", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, payload = channel.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise payload  # type: ignore[misc]
-            yield payload  # type: ignore[misc]
-    finally:
-        stop.set()
-        thread.join(timeout=5.0)
+def _tile_batch(
+    buf: np.ndarray, filled: int, segments: list[tuple[int, int, int]], pad: bool
+) -> TileBatch:
+    """The batch of ``buf``'s first ``filled`` tiles ``(B, T, T, 3)``, or of all of ``buf``
+    with the rest zeroed when ``pad``; ``segments`` is copied."""
+    n = filled if not pad else len(buf)
+    if pad:
+        buf[filled:] = 0
+    tiles = torch.from_numpy(buf[:n]).permute(0, 3, 1, 2)  # NHWC memory = channels-last
+    return TileBatch(tiles, filled, list(segments))
 
 
 def compiler_available(device: torch.device) -> bool:
@@ -272,7 +173,9 @@ class EncoderRunner:
             self.compiled = True
 
     def _compile(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        options = {"freezing": True} if self.device.type == "cpu" else {}
+        options: dict[str, str | int | bool | Callable[..., Any]] = (
+            {"freezing": True} if self.device.type == "cpu" else {}
+        )
         return torch.compile(self.encoder, dynamic=False, options=options)
 
     @torch.inference_mode()
@@ -360,4 +263,49 @@ def embed_photos(
                 with lock:
                     plan, features = plans.pop(index), feats.pop(index)
                     del left[index]
-                yield PhotoFeatures(plan.row, plan.coords, plan.size, features)
+                yield PhotoFeatures(plan.row, plan.native_coords, plan.size, features)
+
+
+def batch_instances(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]], batch_size: int
+) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Re-cut a stream of instance chunks (``tiles`` ``(n, T, T, 3)`` uint8, ``coords``
+    ``(n, 4)``; e.g. a whole-slide image's, :mod:`mil_cyto.slides.stream`) into batches of
+    ``batch_size``: ``(B, 3, T, T)`` uint8 (channels-last strides) and their ``(B, 4)`` coords.
+    """
+    if batch_size < 1:
+        raise MilCytoError(f"batch size {batch_size} must be >= 1")
+    buf: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    filled = 0
+    for tiles, coords in chunks:
+        start = 0
+        while start < len(tiles):
+            if buf is None or boxes is None:
+                buf = np.empty((batch_size, *tiles.shape[1:]), dtype=np.uint8)
+                boxes = np.empty((batch_size, 4), dtype=np.int32)
+            take = min(batch_size - filled, len(tiles) - start)
+            buf[filled : filled + take] = tiles[start : start + take]
+            boxes[filled : filled + take] = coords[start : start + take]
+            filled += take
+            start += take
+            if filled == batch_size:
+                yield torch.from_numpy(buf).permute(0, 3, 1, 2), boxes
+                buf, boxes, filled = None, None, 0
+    if filled and buf is not None and boxes is not None:
+        yield torch.from_numpy(buf[:filled]).permute(0, 3, 1, 2), boxes[:filled]
+
+
+def embed_instances(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    runner: EncoderRunner,
+    *,
+    batch_size: int = 64,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Embed a stream of instance chunks (a whole-slide image's): yields ``(features (B, D)
+    float32, coords (B, 4) int32)`` per batch, in stream order. The chunks are read and cut
+    on a background thread while the encoder runs here. Memory: the chunk being read, two
+    batches of tiles in flight, one batch of features; never the whole bag."""
+
+    for tiles, coords in run_in_background(batch_instances(chunks, batch_size)):
+        yield runner(tiles).numpy(), coords

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,16 @@ from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.devices import precision_name
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.errors import MilCytoError
+from mil_cyto.features.decoding import DecodingProcesses
 from mil_cyto.features.extraction import (
-    DecodingProcesses,
     EncoderRunner,
     PhotoFeatures,
+    embed_instances,
     embed_photos,
     load_photo,
 )
 from mil_cyto.io import atomic_path
+from mil_cyto.slides import SlideConfig, is_slide_file, open_stream
 
 STORE_FORMAT = 2
 """Part of every store's provenance; bumped when the instances a tiling yields change, so that
@@ -72,6 +76,12 @@ class BagStore:
         """The photo's ``(H, W)`` in pixels."""
         h, w = self._file[f"bags/{bag_key(image_id)}"].attrs["size"]
         return int(h), int(w)
+
+    def slide(self, image_id: str) -> dict[str, Any] | None:
+        """A whole-slide image's geometry (``um_per_px`` of the coords, ``level0_per_px``:
+        level-0 pixels per coords pixel, ``level``, ``level0_size``...), None for a photo."""
+        text = self._file[f"bags/{bag_key(image_id)}"].attrs.get("slide")
+        return None if text is None else json.loads(text)
 
     def image_ids(self) -> list[str]:
         return [str(g.attrs["image_id"]) for g in self._file["bags"].values()]
@@ -167,6 +177,7 @@ def extract_to_store(
     amp: bool | None = None,
     known_coords: Mapping[str, np.ndarray] | None = None,
     decoder: DecodingProcesses | None = None,
+    slides: SlideConfig | None = None,
 ) -> Path:
     """Embed every photo's tiles with a frozen encoder and write a bag store.
 
@@ -180,52 +191,124 @@ def extract_to_store(
     (image id -> ``(N, 4)``), reused instead of detecting their nuclei again. ``decoder``:
     decode photos on these processes instead of ``workers`` threads (for a GPU, where
     decoding is the bottleneck); the features are the same.
+    Rows whose image is a whole-slide image (:func:`~mil_cyto.slides.is_slide_file`) are read
+    lazily at ``slides.um_per_px`` (default :class:`~mil_cyto.slides.SlideConfig`), only in
+    their cell-rich regions, and streamed into their bag a batch at a time; their coords are
+    in pixels of that working resolution, the bag's ``slide`` attribute gives the factor to
+    level 0. The slide settings join the provenance when any row is a slide.
     Returns ``out_path`` at once when it already holds these photos with this provenance.
     """
     out_path = Path(out_path)
-    runner = (
-        encoder
-        if isinstance(encoder, EncoderRunner)
-        else EncoderRunner(encoder, device, compile=compile, amp=amp)  # compiles lazily
-    )
-    if runner.dtype is not None:  # fp16/bf16 features are not float32's: never in one store
-        provenance = {**provenance, "precision": precision_name(runner.dtype)}
-    provenance = store_provenance(provenance, tiling)
-    provenance_json = json.dumps(provenance, sort_keys=True)
+    slide_ids = {r.image_id for r in rows if is_slide_file(r.image)}
+    if slide_ids:
+        slides = slides or SlideConfig()
+    runner = _as_runner(encoder, device, compile=compile, amp=amp)
+    provenance = _full_provenance(provenance, runner, tiling, slides if slide_ids else None)
     if store_matches(out_path, rows, provenance):
         return out_path
+    job = _Job(runner, tiling, batch_size, workers, known_coords, decoder, slides)
+    with _partial_store(out_path, provenance) as handle:
+        _write_missing(handle, rows, slide_ids, job, progress=progress)
+    return out_path
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What :func:`extract_to_store` embeds with: its runner, tiling and settings."""
+
+    runner: EncoderRunner
+    tiling: TilingConfig
+    batch_size: int
+    workers: int
+    known_coords: Mapping[str, np.ndarray] | None
+    decoder: DecodingProcesses | None
+    slides: SlideConfig | None
+
+
+def _as_runner(
+    encoder: TileEncoder | EncoderRunner,
+    device: torch.device | str,
+    *,
+    compile: str | bool,
+    amp: bool | None,
+) -> EncoderRunner:
+    """``encoder`` itself when it is a runner, else a new runner for it (compiles lazily)."""
+    if isinstance(encoder, EncoderRunner):
+        return encoder
+    return EncoderRunner(encoder, device, compile=compile, amp=amp)
+
+
+def _full_provenance(
+    provenance: dict[str, Any],
+    runner: EncoderRunner,
+    tiling: TilingConfig,
+    slides: SlideConfig | None,
+) -> dict[str, Any]:
+    """The store's provenance: ``provenance`` plus the slide settings (``slides``, None when
+    no row is a slide), the runner's precision when not float32, the tiling and the format."""
+    if slides is not None:
+        provenance = {**provenance, "slides": vars(slides)}
+    if runner.dtype is not None:  # fp16/bf16 features are not float32's: never in one store
+        provenance = {**provenance, "precision": precision_name(runner.dtype)}
+    return store_provenance(provenance, tiling)
+
+
+@contextmanager
+def _partial_store(out_path: Path, provenance: dict[str, Any]) -> Iterator[h5py.File]:
+    """The open ``<out_path>.partial`` store (resumed or started); closed on exit, and
+    renamed to ``out_path`` when the block finished without an error."""
     partial = out_path.with_name(out_path.name + ".partial")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = _open_partial(partial, provenance_json)
+    handle = _open_partial(partial, json.dumps(provenance, sort_keys=True))
     try:
-        done = handle["bags"]
-        todo = [r for r in rows if not _is_complete(done, bag_key(r.image_id))]
-        if todo:
-            bar = tqdm(
-                total=len(rows),
-                initial=len(rows) - len(todo),
-                desc="extracting",
-                unit="photo",
-                disable=not progress,
-            )
-            photos = embed_photos(
-                todo,
-                runner,
-                tiling,
-                batch_size=batch_size,
-                workers=workers,
-                loader=load_photo,
-                known=known_coords,
-                decoder=decoder,
-            )
-            for photo in photos:
-                _write_bag(handle, photo)
-                bar.update(1)
-            bar.close()
+        yield handle
     finally:
         handle.close()
     os.replace(partial, out_path)
-    return out_path
+
+
+def _write_missing(
+    handle: h5py.File,
+    rows: Sequence[ManifestRow],
+    slide_ids: set[str],
+    job: _Job,
+    *,
+    progress: bool,
+) -> None:
+    """Embed and write every row whose bag is not complete in ``handle``: the photos first
+    (batched across photos), then the whole-slide images (``slide_ids``), one at a time."""
+    done = handle["bags"]
+    todo = [r for r in rows if not _is_complete(done, bag_key(r.image_id))]
+    if not todo:
+        return
+    bar = tqdm(
+        total=len(rows),
+        initial=len(rows) - len(todo),
+        desc="extracting",
+        unit="photo",
+        disable=not progress,
+    )
+    photos = embed_photos(
+        [r for r in todo if r.image_id not in slide_ids],
+        job.runner,
+        job.tiling,
+        batch_size=job.batch_size,
+        workers=job.workers,
+        loader=load_photo,
+        known=job.known_coords,
+        decoder=job.decoder,
+    )
+    for photo in photos:
+        _write_bag(handle, photo)
+        bar.update(1)
+    for row in todo:
+        if row.image_id in slide_ids:
+            assert job.slides is not None
+            _write_slide_bag(
+                handle, row, job.runner, job.tiling, job.slides, job.batch_size, job.workers
+            )
+            bar.update(1)
+    bar.close()
 
 
 def _write_bag(handle: h5py.File, photo: PhotoFeatures) -> None:
@@ -238,5 +321,43 @@ def _write_bag(handle: h5py.File, photo: PhotoFeatures) -> None:
     group.create_dataset("coords", data=photo.coords)
     group.attrs["image_id"] = photo.row.image_id
     group.attrs["size"] = photo.size
+    group.attrs["complete"] = True
+    handle.flush()
+
+
+def _write_slide_bag(
+    handle: h5py.File,
+    row: ManifestRow,
+    runner: EncoderRunner,
+    tiling: TilingConfig,
+    slides: SlideConfig,
+    batch_size: int,
+    workers: int,
+) -> None:
+    """Stream one whole-slide image's instances into its group, a batch at a time
+    (resizable datasets), so the bag is never held in memory; ``complete`` is set last.
+    ``workers``: threads reading and searching the slide's chunks."""
+    key = bag_key(row.image_id)
+    if key in handle["bags"]:
+        del handle["bags"][key]
+    group = handle["bags"].create_group(key)
+    dim = runner.out_dim
+    feats = group.create_dataset(
+        "features", shape=(0, dim), maxshape=(None, dim), dtype=np.float32, chunks=(1024, dim)
+    )
+    boxes = group.create_dataset(
+        "coords", shape=(0, 4), maxshape=(None, 4), dtype=np.int32, chunks=(4096, 4)
+    )
+    with open_stream(row.image, tiling, slides) as stream:
+        parts = ((c.tiles, c.coords) for c in stream.chunks(workers))
+        for out, coords in embed_instances(parts, runner, batch_size=batch_size):
+            n = feats.shape[0]
+            feats.resize(n + len(out), axis=0)
+            boxes.resize(n + len(out), axis=0)
+            feats[n:] = out
+            boxes[n:] = coords
+        group.attrs["image_id"] = row.image_id
+        group.attrs["size"] = stream.size
+        group.attrs["slide"] = json.dumps(stream.attrs(), sort_keys=True)
     group.attrs["complete"] = True
     handle.flush()

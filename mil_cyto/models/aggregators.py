@@ -1,41 +1,23 @@
-"""Attention-based MIL pooling (Ilse, Tomczak and Welling, ICML 2018), plain and gated.
+"""Attention-based MIL pooling (Ilse, Tomczak and Welling, ICML 2018), plain and gated,
+the aggregator registry and within-bag feature standardisation.
 
-Contract of every aggregator (torchmil's, with padding masks):
-``forward(x, mask)`` with ``x`` ``(B, N, D)`` tile features and ``mask`` ``(B, N)`` bool
-(True = real tile, False = padding) returns a :class:`MILOutput` whose ``attention`` holds
-one weight per tile, zero on padding, summing to 1 over each bag's real tiles.
+Every aggregator is an :class:`~mil_cyto.models.base.Aggregator` (its contract:
+``forward(x, mask) -> MILOutput``, an optional ``auxiliary_loss``, ``bag_norm``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from mil_cyto.models.base import Aggregator, MILOutput
 from mil_cyto.models.common import tile_projection
 from mil_cyto.registry import Registry
 
-
-@dataclass
-class MILOutput:
-    """``logits`` ``(B, C)``; ``attention`` ``(B, N)`` softmax weights; ``scores`` ``(B, N)``
-    the pre-softmax attention logits (comparable across bags of different sizes);
-    ``instance_logits`` ``(B, N, C - 1)`` per-tile ordinal logits "grade >= k" for
-    k = 1 .. C - 1, when the aggregator has an instance head (else None); ``mask`` ``(B, N)``
-    True on real tiles (None: no padding); ``extras``: aggregator-specific tensors its
-    ``auxiliary_loss(out, target)`` needs (e.g. CLAM's tile embeddings), else None."""
-
-    logits: torch.Tensor
-    attention: torch.Tensor
-    scores: torch.Tensor
-    instance_logits: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-    extras: dict[str, torch.Tensor] | None = None
-
-
-AGGREGATORS: Registry[nn.Module] = Registry("aggregator")
+AGGREGATORS: Registry[Aggregator] = Registry("aggregator")
 
 
 BAG_NORM_EPS = 1e-2  # added to the squared robust scale, so constant features stay finite
@@ -88,7 +70,7 @@ def standardise_features(features: np.ndarray, eps: float = BAG_NORM_EPS) -> np.
     return np.ascontiguousarray(((columns - median) / scale).T)
 
 
-class AttentionMIL(nn.Module):
+class AttentionMIL(Aggregator):
     """ABMIL: ``a_i = softmax_i(w^T tanh(V h_i) [* sigmoid(U h_i)])``, ``z = sum_i a_i h_i``.
 
     Args:
@@ -99,7 +81,7 @@ class AttentionMIL(nn.Module):
         gated: the gated variant (tanh * sigmoid).
         dropout: dropout on the projected embeddings.
         instance_head: add a per-tile ordinal classifier ("this tile is >= CIN1", ">= CIN2+"),
-            trained by an instance loss (see ``training.ordinal_instance_loss``).
+            trained by an instance loss (see ``mil_cyto.losses.ordinal_instance_loss``).
         bag_norm: standardise features within each bag first (``standardise_within_bag``).
         instance_attention: the attention logits come from the tile's ordinal instance
             logits (no separate attention MLP), so the instance loss trains the attention:
@@ -184,15 +166,15 @@ INSTANCE_ATTENTION_HEADS = ("abmil", "gated_abmil")
 
 
 @AGGREGATORS.register("abmil")
-def _abmil(in_dim: int, n_classes: int = 3, **kwargs: object) -> nn.Module:
-    return AttentionMIL(in_dim, n_classes, gated=False, **kwargs)  # type: ignore[arg-type]
+def _abmil(in_dim: int, n_classes: int = 3, **kwargs: Any) -> Aggregator:
+    return AttentionMIL(in_dim, n_classes, gated=False, **kwargs)
 
 
 @AGGREGATORS.register("gated_abmil")
-def _gated_abmil(in_dim: int, n_classes: int = 3, **kwargs: object) -> nn.Module:
-    return AttentionMIL(in_dim, n_classes, gated=True, **kwargs)  # type: ignore[arg-type]
+def _gated_abmil(in_dim: int, n_classes: int = 3, **kwargs: Any) -> Aggregator:
+    return AttentionMIL(in_dim, n_classes, gated=True, **kwargs)
 
 
-def create_aggregator(name: str, in_dim: int, n_classes: int = 3, **kwargs: object) -> nn.Module:
+def create_aggregator(name: str, in_dim: int, n_classes: int = 3, **kwargs: Any) -> Aggregator:
     """Build a registered aggregator for ``in_dim``-sized tile features."""
     return AGGREGATORS.create(name, in_dim=in_dim, n_classes=n_classes, **kwargs)

@@ -11,15 +11,18 @@ photo holds normal and CIN1-like cells too).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mil_cyto.models.aggregators import AGGREGATORS, MILOutput, standardise_within_bag
+from mil_cyto.models.base import Aggregator
 from mil_cyto.models.common import full_mask, masked_softmax, tile_projection
 
 
-class CLAM(nn.Module):
+class CLAM(Aggregator):
     """``forward(x (B, N, D), mask (B, N))`` -> :class:`MILOutput`.
 
     ``attention``: SB, the softmax of the single branch; MB, the branches' softmaxes mixed
@@ -121,10 +124,10 @@ class CLAM(nn.Module):
 
 
 @AGGREGATORS.register("clam_sb")
-def _clam_sb(in_dim: int, n_classes: int = 3, **kwargs: object) -> nn.Module:
-    return CLAM(in_dim, n_classes, multi_branch=False, **kwargs)  # type: ignore[arg-type]
+def _clam_sb(in_dim: int, n_classes: int = 3, **kwargs: Any) -> Aggregator:
+    return CLAM(in_dim, n_classes, multi_branch=False, **kwargs)
 
 
 @AGGREGATORS.register("clam_mb")
-def _clam_mb(in_dim: int, n_classes: int = 3, **kwargs: object) -> nn.Module:
-    return CLAM(in_dim, n_classes, multi_branch=True, **kwargs)  # type: ignore[arg-type]
+def _clam_mb(in_dim: int, n_classes: int = 3, **kwargs: Any) -> Aggregator:
+    return CLAM(in_dim, n_classes, multi_branch=True, **kwargs)

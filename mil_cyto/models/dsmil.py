@@ -12,12 +12,14 @@ here the 3-way softmax cross-entropy).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mil_cyto.models.aggregators import AGGREGATORS, MILOutput, standardise_within_bag
+from mil_cyto.models.base import Aggregator
 from mil_cyto.models.common import (
     abnormal_log_odds,
     full_mask,
@@ -27,7 +29,7 @@ from mil_cyto.models.common import (
 )
 
 
-class DSMIL(nn.Module):
+class DSMIL(Aggregator):
     """``attention``: the class-wise attention mixed by the predicted class probabilities
     (sums to 1); ``scores``: each tile's log odds of "not normal" from the instance stream,
     comparable across photos."""
@@ -77,5 +79,5 @@ class DSMIL(nn.Module):
 
 
 @AGGREGATORS.register("dsmil")
-def _dsmil(in_dim: int, n_classes: int = 3, **kwargs: object) -> nn.Module:
-    return DSMIL(in_dim, n_classes, **kwargs)  # type: ignore[arg-type]
+def _dsmil(in_dim: int, n_classes: int = 3, **kwargs: Any) -> Aggregator:
+    return DSMIL(in_dim, n_classes, **kwargs)

@@ -14,19 +14,20 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mil_cyto.models.aggregators import MILOutput
+from mil_cyto.models.base import Aggregator, MILOutput
 
 
-class HeadEnsemble(nn.Module):
+class HeadEnsemble(Aggregator):
     """The mean of ``members`` (heads of one architecture), with the aggregator contract.
 
     ``logits`` ``(B, C)`` are the log of the members' mean class probabilities (so a softmax
     gives that mean); ``attention`` ``(B, N)`` is the mean attention (still summing to 1 over
     each bag's real tiles), ``scores`` and ``instance_logits`` the members' means. Inference
-    only: each member is trained on its own (``train.fit_heads``).
+    only: each member is trained on its own (``mil_cyto.pipeline.heads``), so it has no
+    auxiliary loss, and ``bag_norm`` stays False (each member standardises its own input).
     """
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    def __init__(self, members: Sequence[Aggregator]) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"a head ensemble needs at least 2 members, got {len(members)}")
@@ -40,8 +41,9 @@ class HeadEnsemble(nn.Module):
         log_probs = torch.stack([torch.log_softmax(o.logits, dim=-1) for o in outs])
         logits = torch.logsumexp(log_probs, dim=0) - math.log(len(outs))
         instance = None
-        if all(o.instance_logits is not None for o in outs):
-            instance = torch.stack([o.instance_logits for o in outs]).mean(0)  # type: ignore[misc]
+        members_instance = [o.instance_logits for o in outs if o.instance_logits is not None]
+        if len(members_instance) == len(outs):
+            instance = torch.stack(members_instance).mean(0)
         return MILOutput(
             logits,
             torch.stack([o.attention for o in outs]).mean(0),

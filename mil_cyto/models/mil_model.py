@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from mil_cyto.encoders.base import TileEncoder
-from mil_cyto.models.aggregators import MILOutput
+from mil_cyto.models.base import Aggregator, MILOutput
 
 
 def pad_bags(bags: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +28,10 @@ class MILModel(nn.Module):
     ``encoder`` is None when the model works on features cached by a frozen encoder.
     """
 
-    def __init__(self, encoder: TileEncoder | None, aggregator: nn.Module) -> None:
+    encoder: TileEncoder | None
+    aggregator: Aggregator
+
+    def __init__(self, encoder: TileEncoder | None, aggregator: Aggregator) -> None:
         super().__init__()
         self.encoder = encoder
         self.aggregator = aggregator

@@ -8,10 +8,13 @@ localize through the same metrics as the attention heads.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from mil_cyto.models.aggregators import AGGREGATORS, MILOutput, standardise_within_bag
+from mil_cyto.models.base import Aggregator
 from mil_cyto.models.common import (
     abnormal_log_odds,
     full_mask,
@@ -21,7 +24,7 @@ from mil_cyto.models.common import (
 )
 
 
-class InstancePooling(nn.Module):
+class InstancePooling(Aggregator):
     """``tile logits = MLP(h_i)``; bag logits = mean or per-class max of them.
 
     ``attention`` is uniform over real tiles for ``mean``; for ``max`` it is the share of
@@ -64,10 +67,10 @@ class InstancePooling(nn.Module):
 
 
 @AGGREGATORS.register("mean")
-def _mean(in_dim: int, n_classes: int = 3, **kwargs: object) -> nn.Module:
-    return InstancePooling(in_dim, n_classes, mode="mean", **kwargs)  # type: ignore[arg-type]
+def _mean(in_dim: int, n_classes: int = 3, **kwargs: Any) -> Aggregator:
+    return InstancePooling(in_dim, n_classes, mode="mean", **kwargs)
 
 
 @AGGREGATORS.register("max")
-def _max(in_dim: int, n_classes: int = 3, **kwargs: object) -> nn.Module:
-    return InstancePooling(in_dim, n_classes, mode="max", **kwargs)  # type: ignore[arg-type]
+def _max(in_dim: int, n_classes: int = 3, **kwargs: Any) -> Aggregator:
+    return InstancePooling(in_dim, n_classes, mode="max", **kwargs)

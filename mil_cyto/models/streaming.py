@@ -47,7 +47,7 @@ def attend_in_chunks(
     if head.bag_norm:
         median, scale = _robust_bag_stats(features, eps)
     scores = torch.empty(n, dtype=torch.float32, device=features.device)
-    instance = [] if head.instance_head is not None else None
+    instance: list[torch.Tensor] = []  # stays empty without an instance head
     run_max = torch.tensor(float("-inf"), device=features.device)
     run_sum = torch.zeros((), device=features.device)
     pooled = None
@@ -57,7 +57,7 @@ def attend_in_chunks(
             x = (x - median) / scale
         h = head.project(x)  # (n_c, H)
         s, inst = head.tile_scores(h)
-        if instance is not None:
+        if inst is not None:
             instance.append(inst)
         scores[start : start + len(s)] = s
         new_max = torch.maximum(run_max, s.max())
@@ -70,5 +70,5 @@ def attend_in_chunks(
     assert pooled is not None
     attention = torch.softmax(scores, dim=0)
     logits = head.classifier(pooled / run_sum)
-    inst = torch.cat(instance)[None] if instance is not None else None
+    inst = torch.cat(instance)[None] if instance else None
     return MILOutput(logits[None], attention[None], scores[None], inst, None)

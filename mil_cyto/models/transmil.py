@@ -13,11 +13,13 @@ Departures from the paper, for padded batches and small bags:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from mil_cyto.models.aggregators import AGGREGATORS, MILOutput, standardise_within_bag
+from mil_cyto.models.base import Aggregator
 from mil_cyto.models.common import full_mask, relative_log_attention
 
 
@@ -78,7 +80,7 @@ class TransLayer(nn.Module):
         return x + out, weights[:, 0]  # weights averaged over heads: (B, 1 + N)
 
 
-class TransMIL(nn.Module):
+class TransMIL(Aggregator):
     """``attention``: the class token's last-layer attention over the real tiles (averaged
     over heads, renormalised without the class token itself); ``scores``: ``log(a_i n)``."""
 
@@ -119,5 +121,5 @@ class TransMIL(nn.Module):
 
 
 @AGGREGATORS.register("transmil")
-def _transmil(in_dim: int, n_classes: int = 3, **kwargs: object) -> nn.Module:
-    return TransMIL(in_dim, n_classes, **kwargs)  # type: ignore[arg-type]
+def _transmil(in_dim: int, n_classes: int = 3, **kwargs: Any) -> Aggregator:
+    return TransMIL(in_dim, n_classes, **kwargs)

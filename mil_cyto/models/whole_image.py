@@ -7,6 +7,8 @@ tiles a MIL model would see, so localization is measured for baselines the same 
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from torch import nn
 
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.encoders.base import TileEncoder
+from mil_cyto.errors import MilCytoError
 
 STUDY_ARCHS: dict[str, str] = {
     "resnet18": "resnet18",
@@ -34,6 +37,28 @@ def timm_name(arch: str) -> str:
     return STUDY_ARCHS.get(arch, arch)
 
 
+@runtime_checkable
+class TimmNetwork(Protocol):
+    """The parts of a timm network the baseline uses (every timm model has them)."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def reset_classifier(self, num_classes: int) -> None: ...
+
+
+def timm_network(encoder: TileEncoder) -> TimmNetwork:
+    """``encoder``'s backbone as a timm network; a MilCytoError for any other backbone."""
+    backbone = encoder.backbone
+    if not isinstance(backbone, TimmNetwork):
+        raise MilCytoError(
+            f"the whole-image baseline needs a timm network, not {type(backbone).__name__}; "
+            "give --arch a timm model name"
+        )
+    return backbone
+
+
 class FeatureMaps(nn.Module):
     """Normalisation + the backbone's ``forward_features``: ``(B, 3, S, S)`` -> ``(B, F, h, w)``
     (Grad-CAM's layer)."""
@@ -44,7 +69,7 @@ class FeatureMaps(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.encoder.normalise(x).contiguous(memory_format=torch.channels_last)
-        return self.encoder.backbone.forward_features(z)
+        return timm_network(self.encoder).forward_features(z)
 
 
 class WholeImageCNN(nn.Module):
@@ -52,11 +77,11 @@ class WholeImageCNN(nn.Module):
 
     def __init__(self, encoder: TileEncoder, n_classes: int = 3) -> None:
         super().__init__()
-        encoder.backbone.reset_classifier(n_classes)
+        timm_network(encoder).reset_classifier(n_classes)
         self.feature_maps = FeatureMaps(encoder)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_maps.encoder.backbone.forward_head(self.feature_maps(x))
+        return timm_network(self.feature_maps.encoder).forward_head(self.feature_maps(x))
 
 
 def build_whole_image_cnn(
