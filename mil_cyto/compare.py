@@ -1,10 +1,17 @@
 """``python -m mil_cyto.compare``: every method on the same patient-grouped folds.
 
 Methods are MIL aggregators on grid tiles (``abmil``) or on cell-centred crops
-(``abmil@cells``), and whole-image CNNs (``cnn:densenet121``); ``--list`` prints them all.
-MIL methods share, per fold and instance type, one small CNN encoder fine-tuned on that
-fold's training photos and then frozen; each MIL method is charged that whole encoder's CPU
-time (what running it alone would cost) plus its own head's.
+(``abmil@cells``; ``sil`` is neural single-instance learning), instance classifiers by
+gradient boosting on the same features (``sil_gbm``: photo grades copied to the instances;
+``pseudo_gbm``: instances labelled by the default attention head's pseudo-labels; see
+:mod:`mil_cyto.instance_learning`), whole-image CNNs (``cnn:densenet121``) and
+``train-default``, the whole default ``python -m mil_cyto.train`` run (pretraining,
+self-training, head ensemble) on each fold's split; ``--list`` prints them all.
+MIL and instance methods share, per fold and instance type, one small CNN encoder
+fine-tuned on that fold's training photos and then frozen (computed once for every fold
+when it has no fold-dependent training; or the features of a bag store, ``features``);
+each is charged that whole encoder's CPU time (what running it alone would cost) plus its
+own head's.
 Writes ``comparison.csv`` and ``comparison.md`` (one row per method: mean +- sd over folds,
 a patient-level bootstrap 95% interval on the pooled test photos, CPU seconds and peak
 memory), the reference study's rows for context, and each fold's result under ``folds/``
@@ -13,7 +20,6 @@ memory), the reference study's rows for context, and each fold's result under ``
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -27,6 +33,7 @@ import torch
 
 from mil_cyto import __version__
 from mil_cyto.baseline import BaselineConfig, load_resized, run_baseline
+from mil_cyto.calibration import probability_metrics
 from mil_cyto.config import TrainConfig
 from mil_cyto.data.bags import Bag, load_bags
 from mil_cyto.data.manifest import ManifestRow, read_manifest
@@ -34,16 +41,23 @@ from mil_cyto.data.splits import Split, fixed_split, patient_folds
 from mil_cyto.data.tiling import TilingConfig
 from mil_cyto.encoders import EncoderSpec, create_encoder
 from mil_cyto.errors import MilCytoError
+from mil_cyto.instance_learning import (
+    InstanceConfig,
+    attention_labels,
+    copied_labels,
+    fit_instance_model,
+)
 from mil_cyto.io import atomic_path, write_json, write_text
 from mil_cyto.labels import GRADES
 from mil_cyto.localization import grid_localization, read_cell_boxes
 from mil_cyto.metrics import classification_metrics
 from mil_cyto.models import AGGREGATORS, MILModel, create_aggregator
 from mil_cyto.models.whole_image import STUDY_ARCHS
+from mil_cyto.pipeline.features import stored_bags
+from mil_cyto.pipeline.recipe import create_fit_config, create_head
 from mil_cyto.pretrain import PretrainConfig, pretrain_encoder
 from mil_cyto.profiling import measure
 from mil_cyto.reference import REFERENCE_ROWS
-from mil_cyto.train import create_fit_config, create_head
 from mil_cyto.training import (
     FeatureBag,
     FitConfig,
@@ -53,9 +67,17 @@ from mil_cyto.training import (
     seed_everything,
 )
 
+INSTANCE_METHODS = ("sil_gbm", "pseudo_gbm")
+"""Instance classifiers by gradient boosting (:mod:`mil_cyto.instance_learning`)."""
+TRAIN_DEFAULT = "train-default"
+"""The method that runs ``python -m mil_cyto.train``'s whole default on each fold."""
+
 DEFAULT_METHODS = [
     *AGGREGATORS.names(),
     *(f"{name}@cells" for name in AGGREGATORS.names()),
+    *INSTANCE_METHODS,
+    *(f"{name}@cells" for name in INSTANCE_METHODS),
+    TRAIN_DEFAULT,
     "cnn:resnet18",
     "cnn:mobilenetv3_large",
     "cnn:densenet121",
@@ -82,6 +104,8 @@ class Budget:
     cnn_epochs: int = 300
     cnn_batch_size: int = 8
     cnn_lr: float = 0.01
+    gbm_max_iter: int = 100  # boosting iterations of the instance classifiers
+    pseudo_top_k: int = 3  # instances per abnormal training photo the pseudo-labels take
 
 
 BUDGETS: dict[str, Budget] = {
@@ -103,7 +127,9 @@ BUDGETS: dict[str, Budget] = {
 
 @dataclass(frozen=True)
 class Method:
-    """``kind`` ``mil`` (``name`` an aggregator, ``instances`` grid or cells) or ``cnn``."""
+    """``kind`` ``mil`` (``name`` an aggregator, ``instances`` grid or cells), ``instance``
+    (``name`` one of :data:`INSTANCE_METHODS`), ``cnn`` or ``pipeline``
+    (:data:`TRAIN_DEFAULT`)."""
 
     label: str
     kind: str
@@ -113,16 +139,26 @@ class Method:
 
 def available_methods() -> list[str]:
     """Every method name ``--methods`` accepts."""
-    mil = AGGREGATORS.names()
-    return [*mil, *(f"{m}@cells" for m in mil), *(f"cnn:{a}" for a in STUDY_ARCHS)]
+    mil = [*AGGREGATORS.names(), *INSTANCE_METHODS]
+    return [
+        *mil,
+        *(f"{m}@cells" for m in mil),
+        *(f"cnn:{a}" for a in STUDY_ARCHS),
+        TRAIN_DEFAULT,
+    ]
 
 
 def parse_method(label: str) -> Method:
-    """``abmil``, ``abmil@cells``, ``cnn:resnet18`` (any timm name after ``cnn:``)."""
+    """``abmil``, ``abmil@cells``, ``sil_gbm@cells``, ``cnn:resnet18`` (any timm name after
+    ``cnn:``), ``train-default``."""
     if label.startswith("cnn:"):
         return Method(label, "cnn", label[4:])
+    if label == TRAIN_DEFAULT:
+        return Method(label, "pipeline", label)
     name, _, instances = label.partition("@")
     instances = instances or "grid"
+    if name in INSTANCE_METHODS and instances in ("grid", "cells"):
+        return Method(label, "instance", name, instances)
     if name not in AGGREGATORS or instances not in ("grid", "cells"):
         raise MilCytoError(
             f"unknown method {label!r}; see `python -m mil_cyto.compare --list` "
@@ -198,11 +234,12 @@ def _run_mil(
     result = fit(model, train, val, config, torch.device("cpu"), progress=False)
     pred = predict(model, test, torch.device("cpu"))
     metrics = classification_metrics(pred.labels, pred.preds)
+    metrics["calibration"] = probability_metrics(pred.probs, pred.labels)  # uncalibrated
     metrics["best_epoch"] = result.best_epoch
     if boxes is not None:
         coords = {b.image_id: b.coords for b in test}
         scores = dict(zip(pred.image_ids, pred.scores, strict=True))
-        sizes = {b.image_id: tuple(b.size) for b in test}
+        sizes = {b.image_id: b.size for b in test}
         abnormal = [b.image_id for b in test if b.label > 0]
         metrics["localization"] = grid_localization(
             coords, scores, sizes, boxes, abnormal, budget.tile_size
@@ -210,6 +247,101 @@ def _run_mil(
     metrics["test"] = [
         [b.image_id, b.patient_id, int(b.label), int(p)]
         for b, p in zip(test, pred.preds, strict=True)
+    ]
+    return metrics
+
+
+def _localize(
+    test: list[FeatureBag],
+    scores: list[np.ndarray],
+    boxes: dict[str, np.ndarray] | None,
+    tile: int,
+) -> dict[str, Any] | None:
+    """Grid localization of the test photos' instance ``scores`` (as :func:`_run_mil`'s)."""
+    if boxes is None:
+        return None
+    return grid_localization(
+        {b.image_id: b.coords for b in test},
+        {b.image_id: s for b, s in zip(test, scores, strict=True)},
+        {b.image_id: b.size for b in test},
+        boxes,
+        [b.image_id for b in test if b.label > 0],
+        tile,
+    )
+
+
+def _run_instance(
+    method: Method,
+    bags: list[FeatureBag],
+    split: Split,
+    budget: Budget,
+    boxes: dict[str, np.ndarray] | None,
+    seed: int,
+) -> dict[str, Any]:
+    """An instance classifier (:mod:`mil_cyto.instance_learning`) on the fold's features.
+
+    It selects nothing on the validation photos (its photo regression is fitted out of fold),
+    so it trains on train + val; ``pseudo_gbm``'s attention head (the default head recipe of
+    `mil_cyto.train`, with the budget's epochs and photos per step) trains on the training
+    photos with its epoch chosen on val, then labels the instances of both. The test photos
+    are never seen."""
+    seed_everything(seed)
+    train, val, test = split.take(bags)
+    fitted = [*train, *val]
+    record: dict[str, Any] = {}
+    if method.name == "sil_gbm":
+        labels = copied_labels(fitted)
+    else:
+        defaults = TrainConfig()
+        head = create_head(defaults, bags[0].features.shape[1])
+        model = MILModel(None, head)
+        config = create_fit_config(
+            defaults, epochs=budget.mil_epochs, batch_bags=budget.mil_batch_bags, seed=seed
+        )
+        result = fit(model, train, val, config, torch.device("cpu"), progress=False)
+        record["head_best_epoch"] = result.best_epoch
+        labels = attention_labels(
+            fitted, predict(model, fitted, torch.device("cpu")), budget.pseudo_top_k
+        )
+    settings = InstanceConfig(max_iter=budget.gbm_max_iter, seed=seed)
+    instance_model = fit_instance_model(fitted, labels, settings, n_classes=len(GRADES))
+    probs, scores = instance_model.predict(test)
+    preds = probs.argmax(axis=1)
+    truth = np.array([b.label for b in test])
+    metrics = classification_metrics(truth, preds)
+    metrics["best_epoch"] = record.get("head_best_epoch")
+    metrics["instance_model"] = {**instance_model.history, **record}
+    localization = _localize(test, scores, boxes, budget.tile_size)
+    if localization is not None:
+        metrics["localization"] = localization
+    metrics["test"] = [
+        [b.image_id, b.patient_id, int(b.label), int(p)] for b, p in zip(test, preds, strict=True)
+    ]
+    return metrics
+
+
+def _run_pipeline(
+    rows: list[ManifestRow], split: Split, data: Path, run_dir: Path, seed: int, workers: int
+) -> dict[str, Any]:
+    """``python -m mil_cyto.train``'s defaults (only data, seed, workers and the run folder
+    set) on this fold's ``split``: what users get, on the same folds as every other row."""
+    from mil_cyto.pipeline.run import run_training  # the whole training run: imported late
+
+    config = TrainConfig(data=str(data), out=str(run_dir), seed=seed, workers=workers)
+    if (run_dir / "metrics.json").exists():
+        (run_dir / "metrics.json").unlink()  # an interrupted fold reruns from scratch
+    _, found = run_training(config, progress=False, split=split)
+    keep = ("accuracy", "macro_sensitivity", "macro_specificity", "per_class")
+    metrics: dict[str, Any] = {k: found[k] for k in keep if k in found}
+    metrics.update(
+        {k: found[k] for k in ("confusion_matrix", "localization", "calibration") if k in found}
+    )
+    metrics["best_epoch"] = None
+    test_rows = [rows[i] for i in split.test]
+    with (run_dir / "predictions.csv").open(encoding="utf-8") as handle:
+        preds = [GRADES.index(r["pred"]) for r in csv.DictReader(handle)]
+    metrics["test"] = [
+        [r.image_id, r.patient_id, r.label, p] for r, p in zip(test_rows, preds, strict=True)
     ]
     return metrics
 
@@ -434,10 +566,16 @@ def run_comparison(
     seed: int = 0,
     workers: int = 2,
     progress: bool = True,
+    features: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every method on every fold (skipping folds already on disk) and write the tables."""
+    """Run every method on every fold (skipping folds already on disk) and write the tables.
+
+    ``features``: a bag store (``python -m mil_cyto.extract`` on ``data``) whose features the
+    MIL and instance methods use on every fold instead of a fold encoder; its tiling's
+    instances must be the methods' (``abmil`` for grid tiles, ``abmil@cells`` for cells)."""
     parsed = [parse_method(m) for m in methods]
     rows = read_manifest(data / "manifest.csv")
+    stored = _stored_features(features, rows, parsed) if features is not None else None
     cells_path = data / "cells.csv"
     boxes = read_cell_boxes(cells_path) if cells_path.is_file() else None
     fixed = fixed_split([r.split for r in rows], where=str(data / "manifest.csv"))
@@ -456,6 +594,7 @@ def run_comparison(
         "methods": methods,
         "budget_settings": asdict(budget),
         "seed": seed,
+        "features": str(features) if features is not None else None,
         "mil_cyto_version": __version__,
     }
     write_json(out / "config.json", header)
@@ -465,31 +604,42 @@ def run_comparison(
     results: dict[str, list[dict[str, Any]]] = {m.label: [] for m in parsed}
     clock = time.perf_counter()
     table: list[dict[str, Any]] = []
+    # a fold encoder with nothing to train gives every fold the same features: computed once
+    fold_free = budget.pretrain_epochs == 0 and budget.encoder_epochs == 0
+    every_fold: dict[str, tuple[list[FeatureBag], float]] = dict(stored or {})
     for k, split in enumerate(folds):
-        features: dict[str, tuple[list[FeatureBag], float]] = {}
+        fold_bags: dict[str, tuple[list[FeatureBag], float]] = dict(every_fold)
         for method in parsed:
             path = out / "folds" / _slug(method.label) / f"fold{k}.json"
             if path.exists():
                 results[method.label].append(json.loads(path.read_text()))
                 continue
             shared_cpu = 0.0
-            if method.kind == "mil":
+            if method.kind in ("mil", "instance"):
                 inst = method.instances
-                if inst not in tile_bags:
-                    with measure() as cost:
-                        loaded = load_bags(
-                            rows, _tiling(budget, inst), workers=workers, progress=False
-                        )
-                    tile_bags[inst] = (loaded, cost["cpu_s"])
-                if inst not in features:
+                if inst not in fold_bags:
+                    if inst not in tile_bags:
+                        with measure() as cost:
+                            loaded = load_bags(
+                                rows, _tiling(budget, inst), workers=workers, progress=False
+                            )
+                        tile_bags[inst] = (loaded, cost["cpu_s"])
                     with measure() as cost:
                         bags = fold_features(tile_bags[inst][0], split, budget, seed)
-                    features[inst] = (bags, cost["cpu_s"])
-                # what running this method alone would cost: its share of the one-off tiling,
-                # the whole fold encoder, and its own head
-                shared_cpu = tile_bags[inst][1] / budget.folds + features[inst][1]
+                    # what the features cost: the fold's share of the one-off tiling and the
+                    # whole fold encoder
+                    fold_bags[inst] = (bags, cost["cpu_s"] + tile_bags[inst][1] / budget.folds)
+                    if fold_free:
+                        every_fold[inst] = fold_bags[inst]
+                # what running this method alone would cost: its features and its own head
+                shared_cpu = fold_bags[inst][1]
+                run = _run_mil if method.kind == "mil" else _run_instance
                 with measure() as used:
-                    metrics = _run_mil(method, features[inst][0], split, budget, boxes, seed)
+                    metrics = run(method, fold_bags[inst][0], split, budget, boxes, seed)
+            elif method.kind == "pipeline":
+                run_dir = out / "runs" / _slug(method.label) / f"fold{k}"
+                with measure() as used:
+                    metrics = _run_pipeline(rows, split, data, run_dir, seed, workers)
             else:
                 if images is None:
                     images = load_resized(rows, budget.cnn_size, workers)
@@ -519,81 +669,36 @@ def run_comparison(
     return table
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mil_cyto.compare",
-        description="Compare MIL aggregators (grid tiles or cell crops) and whole-image CNNs "
-        "on the same patient-grouped folds; writes comparison.csv and comparison.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add = parser.add_argument
-    add("--data", help="folder with manifest.csv (default: built-in synthetic set)")
-    add("--methods", help="comma-separated methods (default: the default list; see --list)")
-    add("--out", help="output folder (default: runs/compare-<budget>)")
-    add("--budget", choices=sorted(BUDGETS), default="quick", help="preset of the knobs below")
-    add("--list", action="store_true", help="print the available methods and exit")
-    d = Budget()
-    for name in (
-        "folds",
-        "tile_size",
-        "stride",
-        "pretrain_epochs",
-        "encoder_epochs",
-        "encoder_max_tiles",
-        "radial_rings",
-        "mil_epochs",
-        "mil_batch_bags",
-        "cnn_size",
-        "cnn_epochs",
-        "cnn_batch_size",
-    ):
-        add(f"--{name.replace('_', '-')}", type=int, help=f"override the preset ({name})")
-    for name in ("mil_lr", "cnn_lr"):
-        add(f"--{name.replace('_', '-')}", type=float, help=f"override the preset ({name})")
-    add("--encoder", help=f"tile encoder shared by the MIL methods (preset: {d.encoder})")
-    add("--seed", type=int, default=0, help="seed of folds, encoder init and training")
-    add("--workers", type=int, default=2, help="threads for decoding photos")
-    add("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    add("--quiet", action="store_true")
-    return parser
+def _stored_features(
+    store: Path, rows: list[ManifestRow], methods: list[Method]
+) -> dict[str, tuple[list[FeatureBag], float]]:
+    """The bag store's features of every photo, keyed by its tiling's instances (CPU cost 0:
+    extracted before), after checking that the methods use those instances."""
+    from mil_cyto.features import BagStore
+
+    with BagStore(store) as handle:
+        instances = handle.provenance.get("tiling", {}).get("instances", "grid")
+        missing = [r.image_id for r in rows if r.image_id not in handle]
+    if missing:
+        raise MilCytoError(
+            f"bag store {store} lacks {len(missing)} photo(s) of the manifest (first: "
+            f"{missing[0]}); extract it from this data folder with python -m mil_cyto.extract"
+        )
+    wrong = [m.label for m in methods if m.kind in ("mil", "instance") and m.instances != instances]
+    if wrong:
+        suffix = "@cells" if instances == "cells" else " (no @cells)"
+        raise MilCytoError(
+            f"bag store {store} holds {instances} instances but {', '.join(wrong)} use others; "
+            f"name the methods{suffix} or extract a store with --instances to match"
+        )
+    return {instances: (stored_bags(store, rows), 0.0)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.list:
-        print("\n".join(available_methods()))
-        print(f"\ndefault: {','.join(DEFAULT_METHODS)}")
-        return 0
-    budget = Budget(**asdict(BUDGETS[args.budget]))
-    for name in asdict(budget):
-        value = getattr(args, name, None)
-        if value is not None:
-            setattr(budget, name, value)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    methods = args.methods.split(",") if args.methods else DEFAULT_METHODS
-    try:
-        from mil_cyto.config import TrainConfig
-        from mil_cyto.train import resolve_data
+    """``python -m mil_cyto.compare``: the command is :mod:`mil_cyto.cli.compare`."""
+    from mil_cyto.cli.compare import main as command
 
-        data = resolve_data(TrainConfig(data=args.data, workers=args.workers), not args.quiet)
-        out = Path(args.out or f"runs/compare-{args.budget}")
-        table = run_comparison(
-            data,
-            [m.strip() for m in methods if m.strip()],
-            out,
-            budget,
-            args.budget,
-            seed=args.seed,
-            workers=args.workers,
-            progress=not args.quiet,
-        )
-    except MilCytoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print((out / "comparison.md").read_text())
-    print(f"{len(table)} methods; written {out / 'comparison.csv'}")
-    return 0
+    return command(argv, prog="python -m mil_cyto.compare")
 
 
 if __name__ == "__main__":

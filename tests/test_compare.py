@@ -51,6 +51,7 @@ def test_compare_fast_path_and_resume(tiny_data: Path, tmp_path: Path) -> None:
     for key in KEYS:
         assert rows["max"][key] != "", key
     folds = [json.loads((out / "folds" / m / "fold1.json").read_text()) for m in ("abmil", "max")]
+    assert {"ece", "brier"} <= set(folds[0]["metrics"]["calibration"])  # uncalibrated
     assert [t[0] for t in folds[0]["metrics"]["test"]] == [
         t[0] for t in folds[1]["metrics"]["test"]
     ]
@@ -161,3 +162,90 @@ def test_fold_features_pretrain_on_training_instances_only(monkeypatch: pytest.M
     np.testing.assert_allclose(radial[0].features[:, :8], plain[0].features, rtol=1e-5, atol=1e-6)
     profile = RadialProfile(2)(torch.from_numpy(bags[0].tiles)).numpy()
     np.testing.assert_allclose(radial[0].features[:, 8:], profile, rtol=1e-5, atol=1e-6)
+
+
+def test_instance_methods_and_train_default_parse() -> None:
+    assert parse_method("sil_gbm@cells").kind == "instance"
+    assert parse_method("pseudo_gbm").instances == "grid"
+    assert parse_method("sil@cells").kind == "mil"  # the neural SIL head is an aggregator
+    assert parse_method("train-default").kind == "pipeline"
+    assert {"sil", "sil_gbm", "pseudo_gbm@cells", "train-default"} <= set(available_methods())
+    with pytest.raises(MilCytoError, match="unknown method"):
+        parse_method("sil_gbm@pixels")
+
+
+def test_instance_rows_on_a_bag_store_share_the_folds(tiny_data: Path, tmp_path: Path) -> None:
+    """SIL (neural and boosted) and the pseudo-label classifier on a stored feature bag:
+    rows with localization, every method tested on the same photos, each photo once; a store
+    of other instances is refused."""
+    from mil_cyto.extract import main as extract
+
+    store = tmp_path / "features.h5"
+    assert extract(["--data", str(tiny_data), "--out", str(store), "--encoder", "smallcnn",
+                    "--encoder-kwargs", '{"width": 4, "out_dim": 8}', "--tile-size", "48",
+                    "--stride", "48", "--threads", "1", "--no-progress"]) == 0  # fmt: skip
+    out = tmp_path / "cmp"
+    methods = ["sil", "sil_gbm", "pseudo_gbm"]
+    args = ["--data", str(tiny_data), "--out", str(out), *TINY, "--features", str(store)]
+    assert main([*args, "--methods", ",".join(methods), "--gbm-max-iter", "10"]) == 0
+    with (out / "comparison.csv").open() as handle:
+        rows = {r["method"]: r for r in csv.DictReader(handle)}
+    for name in methods:
+        assert rows[name]["n_folds"] == "2" and rows[name]["instance_auroc_mean"] != "", name
+    tested = {
+        name: [
+            sorted(t[0] for t in json.loads((out / "folds" / name / f"fold{k}.json").read_text())
+                   ["metrics"]["test"])
+            for k in (0, 1)
+        ]
+        for name in methods
+    }  # fmt: skip
+    assert tested["sil"] == tested["sil_gbm"] == tested["pseudo_gbm"]
+    assert len(set(tested["sil"][0] + tested["sil"][1])) == 36
+    pseudo = json.loads((out / "folds" / "pseudo_gbm" / "fold0.json").read_text())
+    per_grade = pseudo["metrics"]["instance_model"]["instances_per_grade"]
+    assert per_grade[0] > 0 and sum(per_grade[1:]) > 0
+    assert json.loads((out / "config.json").read_text())["features"] == str(store)
+    assert main([*args, "--methods", "sil_gbm@cells", "--out", str(tmp_path / "c2")]) == 2
+
+
+def test_train_default_row_runs_the_pipeline_on_each_fold(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train-default`` calls the training run with the defaults and the fold's own split
+    (here a stand-in for the run, which writes the predictions of the split's test photos)."""
+    import mil_cyto.pipeline.run as pipeline_run
+    from mil_cyto.config import TrainConfig
+    from mil_cyto.data.manifest import read_manifest
+    from mil_cyto.data.splits import Split
+
+    seen: list[tuple[TrainConfig, Split]] = []
+    rows = read_manifest(tiny_data / "manifest.csv")
+
+    def fake_run(config: TrainConfig, *, progress: bool = True, split: Split | None = None):
+        assert split is not None
+        seen.append((config, split))
+        out = Path(config.out or "")
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "predictions.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "patient_id", "label", "pred"])
+            for i in split.test:
+                writer.writerow([rows[i].image_id, rows[i].patient_id, "normal", "normal"])
+        labels = [rows[i].label for i in split.test]
+        from mil_cyto.metrics import classification_metrics
+
+        return out, classification_metrics(labels, [0] * len(labels))
+
+    monkeypatch.setattr(pipeline_run, "run_training", fake_run)
+    out = tmp_path / "cmp"
+    args = ["--data", str(tiny_data), "--out", str(out), *TINY, "--seed", "3"]
+    assert main([*args, "--methods", "train-default"]) == 0
+    folds = json.loads((out / "folds.json").read_text())
+    assert [s.as_dict() for _, s in seen] == folds
+    config = seen[0][0]
+    assert config.seed == 3 and config.aggregator == TrainConfig().aggregator
+    defaults = TrainConfig()
+    assert (config.heads, config.refine_rounds) == (defaults.heads, defaults.refine_rounds)
+    row = json.loads((out / "folds" / "train-default" / "fold1.json").read_text())
+    assert [t[0] for t in row["metrics"]["test"]] == [rows[i].image_id for i in folds[1]["test"]]
