@@ -206,8 +206,9 @@ def _optimiser(
     params = [p for module in modules for p in module.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * steps_per_epoch
-    # a warm-up of at least 2 steps: torch divides by zero when pct_start x total is 1 (10 steps)
-    warm_up = min(0.5, max(0.1, 2.0 / max(total, 1)))
+    # a warm-up of at least 2 steps (capped at 3/4 of the schedule): torch divides by zero
+    # when pct_start x total is exactly 1 (10 steps at 10 %, 2 steps at 50 %)
+    warm_up = min(0.75, max(0.1, 2.0 / max(total, 1)))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=total, pct_start=warm_up
     )

@@ -228,3 +228,16 @@ def test_predict_returns_the_instance_logits_of_heads_that_have_them() -> None:
         ).instance_logits
         is None
     )
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 10, 11, 20, 40])
+def test_one_cycle_schedule_steps_through_short_runs(steps: int) -> None:
+    """A 10-step schedule once divided by zero inside OneCycleLR (warm-up of one step)."""
+    from mil_cyto.refine import _optimiser
+
+    layer = torch.nn.Linear(2, 2)
+    optimizer, scheduler = _optimiser([layer], RefineConfig(epochs=1), steps_per_epoch=steps)
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+    assert all(np.isfinite(group["lr"]) for group in optimizer.param_groups)
