@@ -30,7 +30,10 @@ from tqdm.auto import tqdm
 from mil_cyto import __version__
 from mil_cyto.calibration import probability_metrics
 from mil_cyto.cli.options import (
+    cells_option,
+    data_option,
     device_option,
+    label_column_option,
     option,
     out_option,
     seed_option,
@@ -66,18 +69,10 @@ class BaselineConfig:
     field is a flag of ``mil-cyto baseline`` (``--field-name``)."""
 
     arch: str = option("densenet121", help=f"{', '.join(STUDY_ARCHS)} or any timm model name")
-    data: str | None = option(
-        None, help="folder with manifest.csv", default_help="the built-in synthetic set"
-    )
+    data: str | None = data_option()
     out: str | None = out_option("run folder", default_help="runs/<arch>-<timestamp>")
-    label_column: str | None = option(
-        None,
-        help="grade column to learn: histology, cytology or label",
-        default_help="the first of histology, cytology, label that the manifest has",
-    )
-    cells: str | None = option(
-        None, help="cell annotations CSV for localization", default_help="DATA/cells.csv"
-    )
+    label_column: str | None = label_column_option()
+    cells: str | None = cells_option()
     weights: str | None = option(
         None, help="local weights file (safetensors or state dict); never downloaded"
     )

@@ -10,7 +10,10 @@ from types import MappingProxyType
 from typing import Any
 
 from mil_cyto.cli.options import (
+    cells_option,
+    data_option,
     device_option,
+    label_column_option,
     option,
     out_option,
     seed_option,
@@ -45,18 +48,10 @@ class TrainConfig:
     Those fields are annotated with their resolved type (``epochs: int``): None means "by the
     rule" on the way in, and ``__post_init__`` always replaces it, so readers never see it."""
 
-    data: str | None = option(
-        None, help="folder with manifest.csv", default_help="the built-in synthetic set"
-    )
+    data: str | None = data_option()
     out: str | None = out_option("run folder", default_help="runs/mil-<timestamp>")
-    label_column: str | None = option(
-        None,
-        help="grade column to learn: histology, cytology or label",
-        default_help="the first of histology, cytology, label that the manifest has",
-    )
-    cells: str | None = option(
-        None, help="cell annotations CSV for localization", default_help="DATA/cells.csv"
-    )
+    label_column: str | None = label_column_option()
+    cells: str | None = cells_option()
     synthetic_images: int = option(300, help="photos in the built-in synthetic set")
     synthetic_seed: int = option(0, help="seed of the built-in synthetic set")
     encoder: str = option("smallcnn", help="registered encoder or any timm model name")

@@ -102,6 +102,25 @@ def out_option(help: str, *, default_help: str | None = None, required: bool = F
     return option(MISSING if required else None, help=help, default_help=default_help)
 
 
+def data_option() -> Any:
+    """``--data``: the folder with manifest.csv (None = the built-in synthetic set)."""
+    return option(None, help="folder with manifest.csv", default_help="the built-in synthetic set")
+
+
+def label_column_option() -> Any:
+    """``--label-column``: the manifest's grade column to learn."""
+    return option(
+        None,
+        help="grade column to learn: histology, cytology or label",
+        default_help="the first of histology, cytology, label that the manifest has",
+    )
+
+
+def cells_option() -> Any:
+    """``--cells``: cell annotations for localization (None = DATA/cells.csv)."""
+    return option(None, help="cell annotations CSV for localization", default_help="DATA/cells.csv")
+
+
 def quiet_option() -> Any:
     """``--quiet`` (alias ``--no-progress``): no progress bars."""
     return option(False, help="no progress bars", aliases={"--no-progress": True})
