@@ -62,6 +62,18 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(logits, partner)
 
 
+def one_cycle(
+    optimizer: torch.optim.Optimizer, lr: float, total_steps: int, warm_up: float = 0.1
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A one-cycle schedule peaking at ``lr`` after ``warm_up`` of ``total_steps``, the warm-up
+    at least 2 steps and at most 3/4 of the schedule: torch divides by zero when
+    ``warm_up x total_steps`` is exactly 1 (10 steps at 10 %, 2 steps at 50 %)."""
+    pct_start = min(0.75, max(warm_up, 2.0 / max(total_steps, 1)))
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=total_steps, pct_start=pct_start
+    )
+
+
 def projection_head(in_dim: int) -> nn.Module:
     """SimCLR's projection MLP ``in_dim -> 128 -> 64`` (trained beside the encoder, then
     discarded)."""
@@ -111,9 +123,7 @@ def pretrain_encoder(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     batch = min(config.batch_size, len(tiles))
     steps = len(tiles) // batch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.1
-    )
+    scheduler = one_cycle(optimizer, config.lr, config.epochs * steps)
     losses = []
     bar = tqdm(range(config.epochs), desc="pretraining", unit="epoch", disable=not progress)
     for _ in bar:

@@ -38,7 +38,7 @@ from mil_cyto.augment import orient_and_stain
 from mil_cyto.data.bags import Bag
 from mil_cyto.encoders.base import TileEncoder
 from mil_cyto.models import Aggregator, MILModel
-from mil_cyto.pretrain import contrastive_loss, projection_head
+from mil_cyto.pretrain import contrastive_loss, one_cycle, projection_head
 from mil_cyto.training import FitConfig, Predictions, embed_bags, fit, predict
 
 
@@ -205,14 +205,7 @@ def _optimiser(
     ``config.epochs`` epochs."""
     params = [p for module in modules for p in module.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    total = config.epochs * steps_per_epoch
-    # a warm-up of at least 2 steps (capped at 3/4 of the schedule): torch divides by zero
-    # when pct_start x total is exactly 1 (10 steps at 10 %, 2 steps at 50 %)
-    warm_up = min(0.75, max(0.1, 2.0 / max(total, 1)))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=total, pct_start=warm_up
-    )
-    return optimizer, scheduler
+    return optimizer, one_cycle(optimizer, config.lr, config.epochs * steps_per_epoch)
 
 
 def _step_loss(
